@@ -264,7 +264,7 @@ def policy_loss(
             "clip_frac": float(zeroed.to(dt).mean()),
             "dual_clip_frac": float(dual.to(dt).mean()),
             "approx_kl": float((torch.expm1(log_r) - log_r).mean()),
-            "pg_loss": float(loss),
+            "pg_loss": float(loss.detach()),
         }
     return loss, metrics
 
@@ -317,7 +317,7 @@ def value_loss(
             clipped_frac = float((err_clipped > err)[valid].to(dt).mean())
         err = torch.maximum(err, err_clipped)
     loss = aggregate(0.5 * err, valid, agg, max_len)
-    return loss, {"value_loss": float(loss), "vf_clip_frac": clipped_frac}
+    return loss, {"value_loss": float(loss.detach()), "vf_clip_frac": clipped_frac}
 
 
 def token_entropy(logits: Tensor) -> Tensor:
@@ -503,13 +503,13 @@ def total_loss(
             raise ValueError(f"ref_logp is required when beta > 0 (beta={c.beta})")
         kl = aggregate(kl_penalty(logp, ref_logp, c.kl_kind), mask, c.agg, c.max_len)
         loss = loss + c.beta * kl
-        metrics["kl_ref"] = float(kl)
+        metrics["kl_ref"] = float(kl.detach())
     if c.ent_coef > 0:
         if logits is None:
             raise ValueError(f"logits are required when ent_coef > 0 (ent_coef={c.ent_coef})")
         h = entropy(logits, mask, c.agg, c.max_len)
         loss = loss - c.ent_coef * h
-        metrics["entropy"] = float(h)
+        metrics["entropy"] = float(h.detach())
     if c.vf_coef > 0:
         if values is None or returns is None:
             raise ValueError(
@@ -523,5 +523,5 @@ def total_loss(
         )
         loss = loss + c.vf_coef * vl
         metrics.update(vm)
-    metrics["loss"] = float(loss)
+    metrics["loss"] = float(loss.detach())
     return loss, metrics

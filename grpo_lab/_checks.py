@@ -54,9 +54,9 @@ def check_finite(name: str, x: Tensor, valid: Tensor | None = None) -> None:
 
 
 def as_mask(mask: object, shape: torch.Size, name: str = "mask") -> Tensor:
-    """Validate a 0/1 (or bool) mask of ``shape``; return it as a bool tensor.
+    """Validate a 0/1 (or bool) mask of ``shape`` (..., B, T); return it as a bool tensor.
 
-    An all-zero mask is an error: every aggregate over it would be 0/0.
+    A mask that is all zero (in any leading slice) is an error: its aggregate would be 0/0.
     """
     m = as_tensor(name, mask)
     if m.shape != shape:
@@ -65,7 +65,9 @@ def as_mask(mask: object, shape: torch.Size, name: str = "mask") -> Tensor:
         if not bool(((m == 0) | (m == 1)).all()):
             raise ValueError(f"{name} must hold only 0 and 1 (or be bool)")
         m = m != 0
-    if not bool(m.any()):
+    if m.dim() < 2:
+        raise ValueError(f"{name} must be (..., B, T), got shape {tuple(m.shape)}")
+    if not bool(m.flatten(-2).any(dim=-1).all()):
         raise ValueError(f"{name} is all zero: it selects no token to aggregate")
     return m
 

@@ -58,25 +58,24 @@ RATIO_LEVELS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("ratio_lev
 
 @AGGREGATIONS.register("token-mean")
 def _token_mean(v: Tensor, m: Tensor, max_len: int) -> Tensor:
-    return (v * m).sum() / m.sum()
+    return (v * m).sum(dim=(-2, -1)) / m.sum(dim=(-2, -1))
 
 
 @AGGREGATIONS.register("seq-mean-token-mean")
 def _seq_mean_token_mean(v: Tensor, m: Tensor, max_len: int) -> Tensor:
-    lengths = m.sum(dim=-1)  # (B,)
-    keep = lengths > 0
-    return ((v * m).sum(dim=-1)[keep] / lengths[keep]).mean()
+    lengths = m.sum(dim=-1)  # (..., B)
+    per_seq = (v * m).sum(dim=-1) / lengths.clamp_min(1.0)  # (..., B), 0 for empty sequences
+    return per_seq.sum(dim=-1) / (lengths > 0).sum(dim=-1)
 
 
 @AGGREGATIONS.register("seq-mean-token-sum")
 def _seq_mean_token_sum(v: Tensor, m: Tensor, max_len: int) -> Tensor:
-    keep = m.sum(dim=-1) > 0
-    return (v * m).sum(dim=-1)[keep].mean()
+    return (v * m).sum(dim=(-2, -1)) / (m.sum(dim=-1) > 0).sum(dim=-1)
 
 
 @AGGREGATIONS.register("seq-mean-token-sum-norm")
 def _seq_mean_token_sum_norm(v: Tensor, m: Tensor, max_len: int) -> Tensor:
-    return (v * m).sum() / (v.shape[0] * max_len)
+    return (v * m).sum(dim=(-2, -1)) / (v.shape[-2] * max_len)
 
 
 def aggregate(
@@ -87,16 +86,18 @@ def aggregate(
 ) -> Tensor:
     """Reduce per-token terms l_{i,t} to a scalar by aggregation ``mode`` (module docstring).
 
-    Shapes: values (B, T), mask (B, T) of 0/1 or bool -> scalar, in float32 or wider.
-    ``max_len`` is the constant of ``seq-mean-token-sum-norm`` (Dr. GRPO, arXiv 2503.20783: the
-    generation budget); it defaults to T and must be >= the longest unmasked length. Values at
-    masked positions never reach the result (not even NaN).
+    Shapes: values (..., B, T), mask (..., B, T) of 0/1 or bool -> (...): leading axes (for
+    example C configurations run as one batch) are kept, each slice aggregated on its own.
+    Computed in float32 or wider. ``max_len`` is the constant of ``seq-mean-token-sum-norm``
+    (Dr. GRPO, arXiv 2503.20783: the generation budget); it defaults to T and must be >= the
+    longest unmasked length. Values at masked positions never reach the result (not even NaN).
     """
     v = as_tensor("values", values)
-    check_ndim("values", v, 2, "(B, T)")
+    if v.dim() < 2:
+        raise ValueError(f"values must be (..., B, T), got shape {tuple(v.shape)}")
     valid = as_mask(mask, v.shape)
     fn = AGGREGATIONS.get(mode)
-    t_len = v.shape[1]
+    t_len = v.shape[-1]
     if max_len is None:
         max_len = t_len
     elif isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
@@ -227,46 +228,105 @@ def policy_loss(
         check_positive("dual_clip", dual_clip)
         if dual_clip <= 1.0:
             raise ValueError(f"dual_clip must be > 1 (Ye et al. use c = 3), got {dual_clip!r}")
-    level_fn = RATIO_LEVELS.get(ratio_level)
+    RATIO_LEVELS.get(ratio_level)
     AGGREGATIONS.get(agg)
     check_finite("logp", logp, valid)
     check_finite("old_logp", old_logp, valid)
     check_finite("advantages", adv, valid)
 
+    loss_per_token, ratio = clipped_surrogate(
+        logp, old_logp, adv, valid, eps_low, eps_high, dual_clip, ratio_level
+    )
+    loss = aggregate(loss_per_token, valid, agg, max_len)
+    metrics = {
+        k: float(v)
+        for k, v in ratio_metrics(
+            logp, old_logp, ratio, adv, valid, eps_low, eps_high, dual_clip
+        ).items()
+    }
+    metrics["pg_loss"] = float(loss.detach())
+    return loss, metrics
+
+
+Scalar = float | Tensor  # a number, or a tensor broadcastable to (..., B, T): one per config
+
+
+def clipped_surrogate(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: Scalar,
+    eps_high: Scalar,
+    dual_clip: Scalar | None = None,
+    ratio_level: str = "token",
+) -> tuple[Tensor, Tensor]:
+    """Per-token clipped surrogate loss l and the ratio it used (the equation of ``policy_loss``).
+
+    The unchecked core of ``policy_loss`` for batched runs: leading axes are allowed and the clip
+    parameters may be tensors, so C configurations with their own eps advance as one program.
+    Shapes: logp, old_logp, advantages, mask (..., B, T) (mask bool); eps_low, eps_high, dual_clip
+    floats or tensors broadcastable to (..., B, T), e.g. (C, 1, 1). Returns (l, r), both (..., B, T),
+    zero loss at masked positions; the ratio is computed in float32 or wider.
+    """
     dt = torch.promote_types(compute_dtype(logp), compute_dtype(old_logp))
     zero = torch.zeros((), dtype=dt, device=logp.device)
-    m = valid.to(dt)
-    token_log_ratio = torch.where(valid, logp.to(dt) - old_logp.to(dt), zero)  # (B, T)
-    ratio = torch.exp(level_fn(token_log_ratio, m))  # (B, T)
-    a = torch.where(valid, adv.to(dt), zero)  # (B, T)
-
+    token_log_ratio = torch.where(mask, logp.to(dt) - old_logp.to(dt), zero)  # (..., B, T)
+    ratio = torch.exp(RATIO_LEVELS.get(ratio_level)(token_log_ratio, mask.to(dt)))  # (..., B, T)
+    a = torch.where(mask, advantages.to(dt), zero)  # (..., B, T)
     surr = ratio * a
-    surr_clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * a
-    per_token = -torch.minimum(surr, surr_clipped)  # (B, T)
+    surr_clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+    loss = -torch.minimum(surr, surr_clipped)  # (..., B, T)
     if dual_clip is not None:
-        per_token = torch.where(a < 0, torch.minimum(per_token, -dual_clip * a), per_token)
-    loss = aggregate(per_token, valid, agg, max_len)
+        loss = torch.where(a < 0, torch.minimum(loss, -dual_clip * a), loss)
+    return loss, ratio
 
+
+def ratio_metrics(
+    logp: Tensor,
+    old_logp: Tensor,
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: Scalar,
+    eps_high: Scalar,
+    dual_clip: Scalar | None = None,
+) -> dict[str, Tensor]:
+    """The ratio audit of one batch (design.md §5), reduced over the unmasked (B, T) tokens.
+
+    Shapes: all inputs (..., B, T) (mask bool; eps as in ``clipped_surrogate``) -> each metric
+    (...): ratio_mean / max / min, clip_frac_low (r < 1 - eps_low), clip_frac_high
+    (r > 1 + eps_high), clip_frac (gradient zeroed by clipping), dual_clip_frac, approx_kl
+    (k3 estimate of KL(pi_old || pi_theta) from the per-token log ratios).
+    """
     with torch.no_grad():
-        r = ratio[valid]
-        av = a[valid]
-        low = r < 1.0 - eps_low
-        high = r > 1.0 + eps_high
-        dual = (av < 0) & (r > dual_clip) if dual_clip is not None else torch.zeros_like(low)
-        zeroed = ((av > 0) & high) | ((av < 0) & low) | dual
-        log_r = token_log_ratio[valid]
-        metrics = {
-            "ratio_mean": float(r.mean()),
-            "ratio_max": float(r.max()),
-            "ratio_min": float(r.min()),
-            "clip_frac_low": float(low.to(dt).mean()),
-            "clip_frac_high": float(high.to(dt).mean()),
-            "clip_frac": float(zeroed.to(dt).mean()),
-            "dual_clip_frac": float(dual.to(dt).mean()),
-            "approx_kl": float((torch.expm1(log_r) - log_r).mean()),
-            "pg_loss": float(loss.detach()),
+        dt = ratio.dtype
+        m = mask.to(dt)
+        n = m.sum(dim=(-2, -1))
+        a = advantages.to(dt)
+        low = (ratio < 1.0 - eps_low) & mask
+        high = (ratio > 1.0 + eps_high) & mask
+        if dual_clip is not None:
+            dual = (a < 0) & (ratio > dual_clip) & mask
+        else:
+            dual = torch.zeros_like(mask)
+        zeroed = ((a > 0) & high) | ((a < 0) & low) | dual
+        log_r = torch.where(mask, logp.to(dt) - old_logp.to(dt), torch.zeros((), dtype=dt))
+        inf = torch.tensor(float("inf"), dtype=dt, device=ratio.device)
+
+        def frac(x: Tensor) -> Tensor:
+            return x.to(dt).sum(dim=(-2, -1)) / n
+
+        return {
+            "ratio_mean": (ratio * m).sum(dim=(-2, -1)) / n,
+            "ratio_max": torch.where(mask, ratio, -inf).amax(dim=(-2, -1)),
+            "ratio_min": torch.where(mask, ratio, inf).amin(dim=(-2, -1)),
+            "clip_frac_low": frac(low),
+            "clip_frac_high": frac(high),
+            "clip_frac": frac(zeroed),
+            "dual_clip_frac": frac(dual),
+            "approx_kl": ((torch.expm1(log_r) - log_r) * m).sum(dim=(-2, -1)) / n,
         }
-    return loss, metrics
 
 
 # ----------------------------------------------------------------------------- value, entropy

@@ -1,0 +1,100 @@
+"""Optimisers whose learning rate differs per configuration, for batched sweeps.
+
+A batched run stacks C configurations on a leading axis of every parameter (design.md §1,
+the PureJaxRL pattern, arXiv 2210.05639). Adam and SGD act elementwise, so one optimiser over the
+stacked tensors updates each configuration exactly as C separate optimisers would, provided the
+learning rate may differ per configuration: ``lr`` here is a number or a (C,) tensor.
+
+    SGD:   theta <- theta - lr * g
+    Adam (Kingma & Ba, arXiv 1412.6980, Algorithm 1):
+           m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+           theta <- theta - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from grpo_lab.registry import Registry
+
+Tensor = torch.Tensor
+
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+
+
+def _per_config(lr: float | Tensor, p: Tensor, batched: bool) -> float | Tensor:
+    """lr (C,) -> (C, 1, ..., 1) to broadcast over a parameter of shape (C, ...)."""
+    if isinstance(lr, Tensor) and lr.dim() > 0:
+        if not batched or lr.shape[0] != p.shape[0]:
+            raise ValueError(
+                f"lr has shape {tuple(lr.shape)} but the parameter has shape {tuple(p.shape)}; "
+                "a per-configuration lr needs parameters with a leading config axis of that size"
+            )
+        return lr.to(p.dtype).reshape(-1, *([1] * (p.dim() - 1)))
+    return float(lr)
+
+
+def _check_lr(lr: float | Tensor) -> None:
+    vals = lr if isinstance(lr, Tensor) else torch.tensor(float(lr))
+    if not bool(torch.isfinite(vals).all()) or bool((vals <= 0).any()):
+        raise ValueError(f"lr must be positive and finite, got {lr!r}")
+
+
+@OPTIMIZERS.register("sgd")
+class BatchedSGD(torch.optim.Optimizer):
+    """Plain SGD, theta <- theta - lr * g, with ``lr`` a number or one value per configuration."""
+
+    def __init__(self, params: Iterable[Tensor], lr: float | Tensor = 0.1) -> None:
+        _check_lr(lr)
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(_per_config(group["lr"], p, True) * p.grad)
+
+
+@OPTIMIZERS.register("adam")
+class BatchedAdam(torch.optim.Optimizer):
+    """Adam (arXiv 1412.6980, Algorithm 1) with ``lr`` a number or one value per configuration."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        _check_lr(lr)
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["m"] = torch.zeros_like(p)
+                    state["v"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                m, v, g = state["m"], state["v"], p.grad
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
+                p.sub_(_per_config(group["lr"], p, True) * (m / (1 - b1**t)) / denom)
+
+
+def make_optimizer(
+    name: str, params: Iterable[Tensor], lr: float | Tensor
+) -> torch.optim.Optimizer:
+    """Build optimiser ``name`` (one of ``OPTIMIZERS.names()``) with a scalar or (C,) lr."""
+    return OPTIMIZERS.get(name)(params, lr=lr)

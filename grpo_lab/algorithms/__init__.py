@@ -1,0 +1,1 @@
+"""Algorithms built from the loss functions: GRPO (grpo.py), PPO (ppo.py), TRPO (trpo.py)."""

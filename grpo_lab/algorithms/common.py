@@ -1,0 +1,75 @@
+"""Pieces shared by the tabular algorithms: per-config random streams, gathering log-probs of
+the actions taken from a policy table, and the run record with its divergence bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+
+def iteration_generators(
+    seeds: list[int], iteration: int, device: str = "cpu"
+) -> list[torch.Generator]:
+    """One generator per configuration for one iteration, seeded from (seed_c, iteration) by
+    numpy's SeedSequence. A configuration's random numbers then depend on its own seed and the
+    iteration only, not on the other configurations of a batch nor on how many numbers earlier
+    iterations drew: a batched run and C one-config runs sample identical episodes."""
+    gens = []
+    for s in seeds:
+        state = np.random.SeedSequence([int(s), int(iteration)]).generate_state(2, dtype=np.uint32)
+        seed64 = (int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1)
+        gens.append(torch.Generator(device=device).manual_seed(seed64))
+    return gens
+
+
+def gather_logp(table: Tensor, states: Tensor, actions: Tensor) -> Tensor:
+    """log pi(a_t|s_t) read off a policy table. Shapes: table (C, S, A); states, actions (C, N, T)
+    long -> (C, N, T)."""
+    c, s, a = table.shape
+    idx = (states * a + actions).reshape(c, -1)  # (C, N*T)
+    return table.reshape(c, s * a).gather(1, idx).reshape(states.shape)
+
+
+def group_permutations(gens: list[torch.Generator], num_groups: int) -> Tensor:
+    """A random order of the groups for each configuration, from its own generator: (C, num_groups)."""
+    return torch.stack([torch.randperm(num_groups, generator=g) for g in gens])
+
+
+@dataclass
+class RunRecord:
+    """Everything a batched run measured: C configurations side by side.
+
+    step     name -> (C, K) tensor, one column per optimiser step (NaN after divergence)
+    iter     name -> (C, I) tensor, one column per iteration (sampled batch + exact return)
+    status   "ok" or "diverged" per configuration; diverged_at: the optimiser step it happened at
+    final_probs (C, S, A) the last policy; j_final (C,) its exact return; j_star (C,) the optimum
+    """
+
+    step: dict[str, list[Tensor]] = field(default_factory=dict)
+    iter: dict[str, list[Tensor]] = field(default_factory=dict)
+    status: list[str] = field(default_factory=list)
+    diverged_at: list[int | None] = field(default_factory=list)
+    error: list[str | None] = field(default_factory=list)
+    final_probs: Tensor | None = None
+    j_final: Tensor | None = None
+    j_star: Tensor | None = None
+
+    def log(self, where: str, metrics: dict[str, Tensor], alive: Tensor) -> None:
+        target = self.step if where == "step" else self.iter
+        for k, v in metrics.items():
+            v = torch.as_tensor(v).detach().to(torch.float64).cpu().expand(alive.shape)
+            target.setdefault(k, []).append(torch.where(alive.cpu(), v, float("nan")))
+
+    def stacked(self, where: str) -> dict[str, Tensor]:
+        source = self.step if where == "step" else self.iter
+        return {k: torch.stack(v, dim=-1) for k, v in source.items()}
+
+    def mark_diverged(self, newly: Tensor, step: int, reason: str) -> None:
+        for c in torch.nonzero(newly).flatten().tolist():
+            self.status[c] = "diverged"
+            self.diverged_at[c] = step
+            self.error[c] = reason

@@ -1,0 +1,279 @@
+"""GRPO on tabular MDPs, C configurations at once (DeepSeekMath, arXiv 2402.03300 §4.1-4.2).
+
+One iteration, read top to bottom:
+  1. pi_old <- pi_theta (frozen). Draw ``num_groups`` start states s_0 ~ rho and run
+     ``group_size`` = G episodes from each (the tabular analogue of G completions of a prompt).
+  2. Outcome reward R_i = discounted return of episode i; group advantages A_i (any baseline /
+     scale of ``grpo_lab.advantages``), broadcast over the episode's steps.
+  3. For ``epochs`` = K passes, for each of ``minibatches`` slices of the groups: minimise the
+     loss of ``cfg.loss`` (clipped surrogate, aggregation, optional + beta KL(pi_theta || pi_ref)
+     to the initial policy), one optimiser step each.
+  4. After every optimiser step, the instrumentation of ``grpo_lab.instrument`` against pi_old.
+
+Batched configurations: every tensor carries a leading axis C (the PureJaxRL pattern, arXiv
+2210.05639), and the numeric hyperparameters ``lr``, ``seed``, ``loss.eps_low`` and
+``loss.eps_high`` may differ between the C configurations; everything else must agree (it fixes
+shapes or code paths). Each configuration draws its randomness from its own generator, so a batch
+of C runs gives the same numbers as C one-config runs with the same seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from grpo_lab.advantages import group_advantages
+from grpo_lab.algorithms.common import (
+    RunRecord,
+    gather_logp,
+    group_permutations,
+    iteration_generators,
+)
+from grpo_lab.envs.tabular import TabularMDP, exact_return, optimal_return, sample_groups
+from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
+from grpo_lab.losses import (
+    PRESETS,
+    LossConfig,
+    aggregate,
+    clipped_surrogate,
+    kl_penalty,
+    ratio_metrics,
+)
+from grpo_lab.optim import OPTIMIZERS, make_optimizer
+from grpo_lab.policies.tabular import MLPPolicy, TabularSoftmaxPolicy
+
+Tensor = torch.Tensor
+
+POLICIES = {"tabular": TabularSoftmaxPolicy, "mlp": MLPPolicy}
+# fields that may differ across the C configurations of one batched run
+BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high")
+
+
+class GRPOConfig(BaseModel):
+    """Hyperparameters of one GRPO run on a tabular MDP; each has a name and a default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loss: LossConfig = Field(default_factory=lambda: PRESETS.get("grpo"))
+    group_size: int = Field(8, ge=2)  # G episodes per start state
+    num_groups: int = Field(8, ge=1)  # start states per batch
+    epochs: int = Field(1, ge=1)  # K passes over each batch
+    minibatches: int = Field(1, ge=1)  # optimiser steps per pass
+    iterations: int = Field(50, ge=1)  # batches sampled
+    optimizer: str = "adam"
+    lr: float = Field(0.1, gt=0.0)
+    policy: str = "tabular"  # "tabular" softmax or "mlp"
+    init_std: float = Field(0.0, ge=0.0)  # tabular logits ~ N(0, init_std^2)
+    max_steps: int = Field(1000, ge=1)  # safety cap on episode length
+    seed: int = 0
+    audit: bool = True  # exact instrumentation after every optimiser step
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss(cls, v: object) -> object:
+        return PRESETS.get(v) if isinstance(v, str) else v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        return OPTIMIZERS.check(v)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; choose one of {sorted(POLICIES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOConfig:
+        if self.num_groups % self.minibatches:
+            raise ValueError(
+                f"minibatches={self.minibatches} must divide num_groups={self.num_groups}"
+            )
+        if self.loss.advantage != "group":
+            raise ValueError(
+                f"GRPO needs loss.advantage='group' (no critic), got {self.loss.advantage!r}"
+            )
+        return self
+
+
+def _get(cfg: BaseModel, dotted: str) -> object:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _shared_fields(configs: Sequence[GRPOConfig]) -> None:
+    """Raise unless the configurations differ only in ``BATCHABLE`` fields."""
+    strip = {"lr": True, "seed": True, "loss": {"eps_low": True, "eps_high": True}}
+    first = configs[0].model_dump(exclude=strip)
+    for i, c in enumerate(configs[1:], start=1):
+        other = c.model_dump(exclude=strip)
+        if other != first:
+            diff = sorted(
+                k for k in first if first[k] != other[k] and not isinstance(first[k], dict)
+            ) + sorted(f"loss.{k}" for k in first["loss"] if first["loss"][k] != other["loss"][k])
+            raise ValueError(
+                f"configs[0] and configs[{i}] differ in {diff}; one batched run may differ only "
+                f"in {list(BATCHABLE)} (run the others as separate batches)"
+            )
+
+
+def grpo_loss(
+    logp_table: Tensor,
+    states: Tensor,
+    actions: Tensor,
+    mask: Tensor,
+    old_logp: Tensor,
+    adv: Tensor,
+    loss_cfg: LossConfig,
+    eps_low: Tensor,
+    eps_high: Tensor,
+    ref_table: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The GRPO loss of each configuration on its batch (GRPO arXiv 2402.03300 eq. 3).
+
+    Shapes: logp_table (C, S, A) log pi_theta; states, actions, mask, old_logp (C, N, T);
+    adv (C, N) outcome advantages broadcast over steps; eps_low, eps_high (C,);
+    ref_table (C, S, A) log pi_ref (needed when beta > 0). Returns (loss (C,), metrics (C,)).
+    """
+    logp = gather_logp(logp_table, states, actions)  # (C, N, T)
+    a = adv.unsqueeze(-1).expand_as(logp)  # (C, N, T)
+    el, eh = eps_low.reshape(-1, 1, 1), eps_high.reshape(-1, 1, 1)
+    c = loss_cfg
+    per_tok, ratio = clipped_surrogate(logp, old_logp, a, mask, el, eh, c.dual_clip, c.ratio_level)
+    loss = aggregate(per_tok, mask, c.agg, c.max_len)  # (C,)
+    metrics = ratio_metrics(logp, old_logp, ratio, a, mask, el, eh, c.dual_clip)
+    metrics["pg_loss"] = loss.detach()
+    if c.beta > 0:
+        ref_logp = gather_logp(ref_table, states, actions)
+        kl = aggregate(kl_penalty(logp, ref_logp, c.kl_kind), mask, c.agg, c.max_len)
+        loss = loss + c.beta * kl
+        metrics["kl_ref"] = kl.detach()
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def train_grpo(
+    mdp: TabularMDP,
+    configs: GRPOConfig | Sequence[GRPOConfig],
+    *,
+    device: str = "cpu",
+) -> RunRecord:
+    """Run GRPO for each configuration, all C of them as one batched program (module docstring).
+
+    ``mdp`` is shared (unbatched) or batched with C = len(configs). Returns a ``RunRecord`` with
+    per-step and per-iteration metrics (C, ...), a status per configuration ("ok" or "diverged"
+    with the step and the reason: a non-finite loss or parameter stops that configuration, not the
+    batch) and the final policy tables in ``record.final_probs`` (C, S, A).
+    """
+    configs = [configs] if isinstance(configs, GRPOConfig) else list(configs)
+    if not configs:
+        raise ValueError("configs is empty")
+    _shared_fields(configs)
+    cfg = configs[0]
+    lc = cfg.loss
+    C = len(configs)
+    if mdp.is_batched and mdp.P.shape[0] != C:
+        raise ValueError(f"mdp has C={mdp.P.shape[0]} configurations but {C} configs were given")
+    mdp = mdp.to(device=device)
+    S, A, dt = mdp.num_states, mdp.num_actions, mdp.dtype
+    seeds = [c.seed for c in configs]
+    lr = torch.tensor([c.lr for c in configs], dtype=dt, device=device)
+    eps_low = torch.tensor([c.loss.eps_low for c in configs], dtype=dt, device=device)
+    eps_high = torch.tensor([c.loss.eps_high for c in configs], dtype=dt, device=device)
+    kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
+    policy = POLICIES[cfg.policy](S, A, C, seed=seeds, dtype=dt, device=device, **kw)
+    opt = make_optimizer(cfg.optimizer, policy.parameters(), lr)
+    ref_table = policy.log_probs().detach()  # (C, S, A) pi_ref = initial policy
+    j_star = optimal_return(mdp).expand(C)
+
+    rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
+    alive = torch.ones(C, dtype=torch.bool, device=device)
+    G, n_groups = cfg.group_size, cfg.num_groups
+    groups_per_mb = n_groups // cfg.minibatches
+    step = 0
+    for it in range(cfg.iterations):
+        gens = iteration_generators(seeds, it)
+        # 1. sample with pi_old
+        old_table = policy.log_probs().detach()  # (C, S, A)
+        probs_old = old_table.exp()
+        ep, _ = sample_groups(mdp, probs_old, n_groups, G, gens, max_steps=cfg.max_steps)
+        # 2. outcome rewards -> group advantages
+        returns = ep.returns  # (C, N)
+        adv = group_advantages(
+            returns.reshape(-1), G, baseline=lc.adv_baseline, scale=lc.adv_scale
+        ).reshape(C, -1)  # (C, N)
+        old_logp = gather_logp(old_table, ep.states, ep.actions)  # (C, N, T)
+        grp_r = returns.reshape(C, n_groups, G)
+        j_old = exact_return(mdp, probs_old)
+        rec.log(
+            "iter",
+            {
+                "iteration": torch.full((C,), float(it)),
+                "J": j_old,
+                "gap": j_star - j_old,
+                "reward_mean": returns.mean(-1),
+                "reward_std": returns.std(-1),
+                "zero_std_frac": (grp_r == grp_r[..., :1]).all(-1).double().mean(-1),
+                "length_mean": ep.lengths.double().mean(-1),
+                "truncated_frac": ep.truncated.double().mean(-1),
+            },
+            alive,
+        )
+        # 3. K epochs x minibatches of optimiser steps
+        for _epoch in range(cfg.epochs):
+            perm = group_permutations(gens, n_groups)  # (C, n_groups)
+            for m in range(cfg.minibatches):
+                grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
+                idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n)
+                idx3 = idx.unsqueeze(-1).expand(-1, -1, ep.num_steps)
+
+                def take(x: Tensor, i: Tensor = idx3) -> Tensor:
+                    return x.gather(1, i)
+
+                loss, metrics = grpo_loss(
+                    policy.log_probs(),
+                    take(ep.states),
+                    take(ep.actions),
+                    take(ep.mask),
+                    take(old_logp),
+                    adv.gather(1, idx),
+                    lc,
+                    eps_low,
+                    eps_high,
+                    ref_table,
+                )
+                backup = [p.detach().clone() for p in policy.parameters()]
+                opt.zero_grad()
+                loss.sum().backward()  # configurations are independent: sum = each its own
+                opt.step()
+                # a non-finite loss or parameter stops that configuration, not the batch
+                ok = torch.isfinite(loss.detach())
+                for p in policy.parameters():
+                    ok &= torch.isfinite(p.detach()).reshape(C, -1).all(-1)
+                newly = alive & ~ok
+                if bool(newly.any()):
+                    rec.mark_diverged(newly, step, "non-finite loss or parameters")
+                    alive &= ok
+                with torch.no_grad():
+                    for p, b in zip(policy.parameters(), backup, strict=True):
+                        keep = alive.reshape(-1, *([1] * (p.dim() - 1)))
+                        p.copy_(torch.where(keep, p, b))
+                # 4. instrumentation against pi_old
+                if cfg.audit:
+                    probs_new = policy.log_probs().detach().exp()
+                    metrics.update(exact_ratio_audit(mdp, probs_old, probs_new, eps_low, eps_high))
+                    metrics.update(policy_change(mdp, probs_old, probs_new))
+                    metrics.update(improvement(mdp, probs_old, probs_new, eps_low, eps_high))
+                metrics["iteration"] = torch.full((C,), float(it))
+                rec.log("step", metrics, alive)
+                step += 1
+    final = policy.log_probs().detach().exp()
+    rec.final_probs = final.cpu()
+    rec.j_final = exact_return(mdp, final).cpu()
+    rec.j_star = j_star.cpu()
+    return rec

@@ -1,0 +1,184 @@
+"""Instrumentation: what an update did to the policy, measured exactly on a tabular MDP.
+
+All functions take the policy before (``probs_old``, pi_old) and after (``probs_new``, pi_new) an
+optimiser step as (S, A) or (C, S, A) tables and return a flat dict of tensors (shape () or (C,))
+whose names are the ones the reports use (design.md §5). Notation: x(s) = sum_t gamma^t
+Pr(s_t = s) under pi_old (``state_occupancy``), d = x / sum x (``state_visitation``),
+A = A^{pi_old}, r(s, a) = pi_new(a|s) / pi_old(a|s).
+
+Ratio audit over every (s, a), weighted by the state-action visitation d(s) pi_old(a|s):
+    exact_ratio_max / min        max / min of r over (s, a) with d(s) pi_old(a|s) > 0
+    exact_frac_low / high        sum_{s,a} d(s) pi_old(a|s) 1[r < 1 - eps_low]  (1[r > 1 + eps_high])
+    exact_frac_outside           the two together: the visitation mass the seed's lemma excludes
+
+Policy change:
+    kl_mean = sum_s d(s) KL(pi_old(.|s) || pi_new(.|s)),  kl_max = max over non-terminal s,
+    tv_max  = max_s (1/2) sum_a |pi_new(a|s) - pi_old(a|s)|
+
+Improvement (stationary MDPs, horizon None; NaN otherwise):
+    true_gain       J(pi_new) - J(pi_old)
+    surrogate_gain  L_{pi_old}(pi_new) - J(pi_old) = sum_s x(s) sum_a pi_new(a|s) A(s, a)
+                    (Kakade & Langford 2002; TRPO arXiv 1502.05477 eq. 3)
+    clipped_gain    sum_s x(s) sum_a pi_old(a|s) min(r A, clip(r, 1-eps_low, 1+eps_high) A)
+                    (the PPO clipped objective, arXiv 1707.06347 eq. 7, in exact expectation)
+    trpo_bound      surrogate_gain - C kl_max,  C = 4 max_{s,a} |A(s,a)| gamma / (1 - gamma)^2
+                    (TRPO arXiv 1502.05477 Theorem 1): true_gain >= trpo_bound must always hold
+    bound_slack     true_gain - trpo_bound (>= 0 when the bound holds; its size is the slack)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_lab.envs.tabular import (
+    TabularMDP,
+    advantages,
+    exact_return,
+    kl_divergence,
+    state_occupancy,
+    state_visitation,
+    total_variation,
+)
+
+Tensor = torch.Tensor
+Scalar = float | Tensor  # a number, or one value per configuration (C,)
+
+
+def _per_config(x: Scalar, like: Tensor) -> Tensor:
+    """A number or (C,) tensor as (C, 1, 1) (or ()) to broadcast over (C, S, A)."""
+    t = torch.as_tensor(x, dtype=like.dtype, device=like.device)
+    return t.reshape(-1, 1, 1) if t.dim() == 1 else t
+
+
+def _live(mdp: TabularMDP, like: Tensor) -> Tensor:
+    live = ~mdp.terminal_mask  # (S,) | (C, S)
+    return live.expand(like.shape[:-1]) if live.dim() < like.dim() - 1 else live
+
+
+def exact_ratio_audit(
+    mdp: TabularMDP,
+    probs_old: Tensor,
+    probs_new: Tensor,
+    eps_low: Scalar,
+    eps_high: Scalar,
+) -> dict[str, Tensor]:
+    """The ratio audit over every (s, a), weighted by d^{pi_old}(s) pi_old(a|s) (module docstring).
+
+    Shapes: probs (S, A) | (C, S, A); eps numbers or (C,) -> each entry () | (C,).
+    """
+    with torch.no_grad():
+        d = state_visitation(mdp, probs_old)  # (C, S)
+        w = d.unsqueeze(-1) * probs_old  # (C, S, A) state-action visitation
+        r = probs_new / probs_old
+        lo, hi = 1.0 - _per_config(eps_low, r), 1.0 + _per_config(eps_high, r)
+        support = w > 0
+        inf = torch.tensor(float("inf"), dtype=r.dtype, device=r.device)
+        low = (w * (r < lo)).sum(dim=(-2, -1))
+        high = (w * (r > hi)).sum(dim=(-2, -1))
+        return {
+            "exact_ratio_max": torch.where(support, r, -inf).amax(dim=(-2, -1)),
+            "exact_ratio_min": torch.where(support, r, inf).amin(dim=(-2, -1)),
+            "exact_frac_low": low,
+            "exact_frac_high": high,
+            "exact_frac_outside": low + high,
+        }
+
+
+def policy_change(mdp: TabularMDP, probs_old: Tensor, probs_new: Tensor) -> dict[str, Tensor]:
+    """Exact KL(pi_old || pi_new) (mean under d^{pi_old}, max over non-terminal states) and the
+    largest total variation distance (module docstring). Shapes: (S, A) | (C, S, A) -> () | (C,).
+    """
+    with torch.no_grad():
+        d = state_visitation(mdp, probs_old)  # (C, S)
+        kl = kl_divergence(probs_old, probs_new)  # (C, S)
+        tv = total_variation(probs_old, probs_new)  # (C, S)
+        live = _live(mdp, probs_old)
+        zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
+        return {
+            "kl_mean": (d * kl).sum(-1),
+            "kl_max": torch.where(live, kl, zero).amax(-1),
+            "tv_max": torch.where(live, tv, zero).amax(-1),
+        }
+
+
+def improvement(
+    mdp: TabularMDP,
+    probs_old: Tensor,
+    probs_new: Tensor,
+    eps_low: Scalar = 0.2,
+    eps_high: Scalar | None = None,
+) -> dict[str, Tensor]:
+    """True improvement beside the surrogate's prediction, the clipped objective and the TRPO
+    Theorem 1 lower bound (module docstring). ``eps_high=None`` means ``eps_low``.
+    Shapes: (S, A) | (C, S, A) -> () | (C,).
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    with torch.no_grad():
+        j_old = exact_return(mdp, probs_old)
+        true_gain = exact_return(mdp, probs_new) - j_old
+        out = {"true_gain": true_gain}
+        if mdp.horizon is not None:  # the stationary identities below do not hold
+            nan = torch.full_like(true_gain, float("nan"))
+            for k in ("surrogate_gain", "clipped_gain", "trpo_bound", "bound_slack"):
+                out[k] = nan
+            return out
+        x = state_occupancy(mdp, probs_old)  # (C, S)
+        adv = advantages(mdp, probs_old)  # (C, S, A)
+        r = probs_new / probs_old
+        lo, hi = 1.0 - _per_config(eps_low, r), 1.0 + _per_config(eps_high, r)
+        surrogate = (x.unsqueeze(-1) * probs_new * adv).sum(dim=(-2, -1))
+        clipped = torch.minimum(r * adv, torch.minimum(torch.maximum(r, lo), hi) * adv)
+        clipped_gain = (x.unsqueeze(-1) * probs_old * clipped).sum(dim=(-2, -1))
+        kl_max = policy_change(mdp, probs_old, probs_new)["kl_max"]
+        live = _live(mdp, probs_old).unsqueeze(-1)
+        eps_a = torch.where(live, adv.abs(), torch.zeros_like(adv)).amax(dim=(-2, -1))
+        c = 4.0 * eps_a * mdp.gamma / (1.0 - mdp.gamma) ** 2
+        bound = surrogate - c * kl_max
+        out.update(
+            surrogate_gain=surrogate,
+            clipped_gain=clipped_gain,
+            trpo_bound=bound,
+            bound_slack=true_gain - bound,
+        )
+        return out
+
+
+def gradient_quality(samples: Tensor, true_grad: Tensor, scale: float = 1.0) -> dict[str, float]:
+    """Compare N independent gradient estimates with the exact gradient times ``scale``.
+
+    Shapes: samples (N, ...) , true_grad (...). With g_bar the sample mean, Sigma the sample
+    covariance (per component here: its diagonal) and g = scale * true_grad:
+        bias_z_max   max_k |g_bar_k - g_k| / (sd_k / sqrt(N))   (over components with sd_k > 0)
+        bias_chi2    sum_k ((g_bar_k - g_k) / (sd_k / sqrt(N)))^2 and its dof ``num_components``
+        cosine       cos(g_bar, g);  rel_norm_error  ||g_bar - g|| / ||g||
+        mean_norm, true_norm, trace_cov (sum of per-component variances of one estimate)
+    An unbiased estimator has each z ~ N(0, 1) for large N, so ``bias_z_max`` beyond ~5 means bias.
+    A component with zero variance must match exactly (it adds +inf to the statistics if not).
+    """
+    if samples.dim() < 1 or samples.shape[0] < 2 or samples.shape[1:] != true_grad.shape:
+        raise ValueError(
+            f"samples must be (N >= 2, ...) matching true_grad {tuple(true_grad.shape)}, "
+            f"got {tuple(samples.shape)}"
+        )
+    x = samples.reshape(samples.shape[0], -1).double()  # (N, D)
+    g = scale * true_grad.reshape(-1).double()  # (D,)
+    n = x.shape[0]
+    mean = x.mean(0)
+    sd = x.std(0, correction=1)
+    se = sd / n**0.5
+    diff = mean - g
+    exact = se == 0
+    z = torch.where(exact, torch.zeros_like(diff), diff / torch.where(exact, 1.0, se))
+    z = torch.where(exact & (diff.abs() > 1e-12 * (1 + g.abs())), float("inf"), z)
+    gn = g.norm()
+    return {
+        "bias_z_max": float(z.abs().max()),
+        "bias_chi2": float((z**2).sum()),
+        "num_components": int((~exact).sum()),
+        "cosine": float(torch.dot(mean, g) / (mean.norm() * gn)) if gn > 0 else float("nan"),
+        "rel_norm_error": float(diff.norm() / gn) if gn > 0 else float("nan"),
+        "mean_norm": float(mean.norm()),
+        "true_norm": float(gn),
+        "trace_cov": float((sd**2).sum()),
+        "num_samples": n,
+    }

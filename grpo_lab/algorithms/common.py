@@ -12,15 +12,19 @@ Tensor = torch.Tensor
 
 
 def iteration_generators(
-    seeds: list[int], iteration: int, device: str = "cpu"
+    seeds: list[int], iteration: int, stream: int = 0, device: str = "cpu"
 ) -> list[torch.Generator]:
-    """One generator per configuration for one iteration, seeded from (seed_c, iteration) by
-    numpy's SeedSequence. A configuration's random numbers then depend on its own seed and the
-    iteration only, not on the other configurations of a batch nor on how many numbers earlier
-    iterations drew: a batched run and C one-config runs sample identical episodes."""
+    """One generator per configuration for one iteration, seeded from (seed_c, iteration, stream)
+    by numpy's SeedSequence (stream 0: sampling, 1: minibatch order, ...).
+
+    A configuration's random numbers then depend on its own seed and the iteration only, not on the
+    other configurations of a batch nor on how many numbers earlier iterations drew: a batched run
+    and C one-config runs sample identical episodes.
+    """
     gens = []
     for s in seeds:
-        state = np.random.SeedSequence([int(s), int(iteration)]).generate_state(2, dtype=np.uint32)
+        entropy = [int(s), int(iteration), int(stream)]
+        state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
         seed64 = (int(state[0]) << 32 | int(state[1])) & ((1 << 63) - 1)
         gens.append(torch.Generator(device=device).manual_seed(seed64))
     return gens

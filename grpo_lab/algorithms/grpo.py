@@ -193,11 +193,14 @@ def train_grpo(
 
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool, device=device)
+    # Dr. GRPO's constant normaliser: the episode budget, unless the loss names one
+    lc = lc.model_copy(update={"max_len": lc.max_len or mdp.horizon or cfg.max_steps})
     G, n_groups = cfg.group_size, cfg.num_groups
     groups_per_mb = n_groups // cfg.minibatches
     step = 0
     for it in range(cfg.iterations):
-        gens = iteration_generators(seeds, it)
+        gens = iteration_generators(seeds, it, stream=0)  # sampling
+        perm_gens = iteration_generators(seeds, it, stream=1)  # minibatch order
         # 1. sample with pi_old
         old_table = policy.log_probs().detach()  # (C, S, A)
         probs_old = old_table.exp()
@@ -226,7 +229,7 @@ def train_grpo(
         )
         # 3. K epochs x minibatches of optimiser steps
         for _epoch in range(cfg.epochs):
-            perm = group_permutations(gens, n_groups)  # (C, n_groups)
+            perm = group_permutations(perm_gens, n_groups)  # (C, n_groups)
             for m in range(cfg.minibatches):
                 grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
                 idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n)
@@ -277,3 +280,47 @@ def train_grpo(
     rec.j_final = exact_return(mdp, final).cpu()
     rec.j_star = j_star.cpu()
     return rec
+
+
+def grpo_gradient_samples(
+    mdp: TabularMDP,
+    logits: Tensor,
+    loss_cfg: LossConfig | str,
+    *,
+    num_groups: int,
+    group_size: int,
+    num_batches: int,
+    seed: int = 0,
+    max_steps: int = 1000,
+) -> Tensor:
+    """``num_batches`` independent on-policy estimates of the ascent direction -grad_theta loss.
+
+    Each estimate samples its own batch (num_groups start states x group_size episodes) from the
+    softmax policy with logits theta (pi_old = pi_theta, so every ratio is 1 and no clipping is
+    active) and differentiates the GRPO loss of ``loss_cfg``. Compared with the exact grad J
+    (``grpo_lab.envs.tabular.exact_grad``) by ``grpo_lab.instrument.gradient_quality``.
+
+    Expected values (derived in tests/test_grpo.py): with scale "none" and agg
+    "seq-mean-token-sum", E[-grad loss] = grad J for the leave-one-out baseline and
+    (G - 1)/G grad J for the group-mean baseline; "seq-mean-token-sum-norm" divides by max_len.
+    Shapes: logits (S, A) -> (num_batches, S, A).
+    """
+    lc = PRESETS.get(loss_cfg) if isinstance(loss_cfg, str) else loss_cfg
+    lc = lc.model_copy(update={"max_len": lc.max_len or mdp.horizon or max_steps})
+    C = num_batches
+    S, A = mdp.num_states, mdp.num_actions
+    theta = logits.detach().to(mdp.dtype).expand(C, S, A).clone().requires_grad_(True)
+    table = torch.log_softmax(theta, dim=-1)  # (C, S, A)
+    gens = iteration_generators(list(range(seed, seed + C)), 0)
+    ep, _ = sample_groups(mdp, table.detach().exp(), num_groups, group_size, gens, max_steps)
+    adv = group_advantages(
+        ep.returns.reshape(-1), group_size, baseline=lc.adv_baseline, scale=lc.adv_scale
+    ).reshape(C, -1)  # (C, N)
+    old_logp = gather_logp(table.detach(), ep.states, ep.actions)  # (C, N, T)
+    eps_low = torch.full((C,), lc.eps_low, dtype=table.dtype)
+    eps_high = torch.full((C,), lc.eps_high, dtype=table.dtype)
+    loss, _ = grpo_loss(
+        table, ep.states, ep.actions, ep.mask, old_logp, adv, lc, eps_low, eps_high, table.detach()
+    )
+    (grad,) = torch.autograd.grad(loss.sum(), theta)
+    return -grad

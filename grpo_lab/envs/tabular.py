@@ -78,6 +78,9 @@ __all__ = [
 REWARD_NOISES = ("none", "bernoulli", "gaussian")
 _ROW_TOL = 1e-6  # tolerance on "sums to 1" for P rows, rho and policy rows
 DEFAULT_MAX_STEPS = 1000
+# uniforms are drawn per configuration in blocks of this many time steps: few generator calls,
+# and a configuration's draws still depend only on its own generator
+_RAND_BLOCK = 32
 
 
 # --------------------------------------------------------------------------------------------
@@ -794,30 +797,42 @@ def sample_episodes(
     ret = torch.zeros(M, dtype=dtype, device=device)
     zero_s = torch.zeros(M, dtype=torch.long, device=device)
     zero_r = torch.zeros(M, dtype=dtype, device=device)
+    no = torch.zeros(M, dtype=torch.bool, device=device)
+    yes = torch.ones((), dtype=torch.bool, device=device)
     disc = 1.0
     states, actions, rewards, masks = [], [], [], []
+    # Only the running episodes (indices idx) are stepped: lengths vary a lot (geometric on a
+    # Garnet), and the batch runs until its longest episode ends.
+    idx = torch.nonzero(alive).squeeze(1)  # (m,)
     t = 0
-    while t < cap and bool(alive.any()):
-        u = _draw(gens, torch.rand, (2, M, 1), 1, **rnd)  # (2, M, 1)
-        row = c_base + s  # (M,)
-        a = torch.searchsorted(pol_cdf.index_select(0, row), u[0], right=True).squeeze(-1)
-        sa = row * A + a  # (M,)
-        r = R_flat.index_select(0, sa)  # (M,) expected reward
+    while t < cap and idx.numel() > 0:
+        k = t % _RAND_BLOCK
+        if k == 0:  # uniforms for the next steps: action, next state, reward coin (per config)
+            u_blk = _draw(gens, torch.rand, (3, M, _RAND_BLOCK), 1, **rnd)  # (3, M, BLOCK)
+            if mdp.reward_noise == "gaussian":
+                z_blk = _draw(gens, torch.randn, (M, _RAND_BLOCK), 0, **rnd)  # (M, BLOCK)
+        s_i = s.index_select(0, idx)  # (m,)
+        base = c_base.index_select(0, idx)
+        row = base + s_i
+        u_a, u_s = u_blk[0, idx, k].unsqueeze(-1), u_blk[1, idx, k].unsqueeze(-1)  # (m, 1)
+        a = torch.searchsorted(pol_cdf.index_select(0, row), u_a, right=True).squeeze(-1)
+        sa = row * A + a  # (m,)
+        r = R_flat.index_select(0, sa)  # (m,) expected reward
         if mdp.reward_noise == "bernoulli":
-            r = (_draw(gens, torch.rand, (M,), 0, **rnd) < r).to(dtype)
+            r = (u_blk[2, idx, k] < r).to(dtype)
         elif mdp.reward_noise == "gaussian":
-            r = r + mdp.reward_std * _draw(gens, torch.randn, (M,), 0, **rnd)
-        s_next = torch.searchsorted(P_cdf.index_select(0, sa), u[1], right=True).squeeze(-1)
-        states.append(torch.where(alive, s, zero_s))
-        actions.append(torch.where(alive, a, zero_s))
-        r = torch.where(alive, r, zero_r)
-        rewards.append(r)
-        masks.append(alive)
-        ret = ret + disc * r
+            r = r + mdp.reward_std * z_blk[idx, k]
+        s_next = torch.searchsorted(P_cdf.index_select(0, sa), u_s, right=True).squeeze(-1)
+        states.append(zero_s.index_put((idx,), s_i))
+        actions.append(zero_s.index_put((idx,), a))
+        rewards.append(zero_r.index_put((idx,), r))
+        masks.append(no.index_put((idx,), yes))
+        ret.index_add_(0, idx, disc * r)
         disc *= mdp.gamma
-        s = torch.where(alive, s_next, s)
-        alive = alive & ~done_flat[c_base + s_next]
+        s = s.index_put((idx,), s_next)
+        idx = idx[~done_flat.index_select(0, base + s_next)]
         t += 1
+    alive = no.index_put((idx,), yes)  # still running at the cap
 
     def stack(xs: list[Tensor], empty_dtype: torch.dtype) -> Tensor:
         if not xs:

@@ -1,0 +1,242 @@
+"""Tests of grpo_lab/algorithms/grpo.py: gradient (un)biasedness against the exact grad J,
+convergence against the exact J*, batched == looped, divergence handling and bad input."""
+
+import pytest
+import torch
+
+from grpo_lab.algorithms.grpo import GRPOConfig, grpo_gradient_samples, train_grpo
+from grpo_lab.envs.tabular import TabularMDP, exact_grad, make_env
+from grpo_lab.instrument import gradient_quality
+from grpo_lab.losses import LossConfig
+
+# ----------------------------------------------------------------------------- gradient bias
+# One on-policy GRPO step (pi_old = pi_theta: every ratio is 1, no clipping) with outcome
+# advantages A_i = R_i - b_i broadcast over the steps of episode i, and agg "seq-mean-token-sum"
+# (weight 1/N per step), gives the ascent direction
+#     g = (1/N) sum_i A_i sum_t grad log pi(a_it | s_it).
+# Leave-one-out: b_i is independent of episode i, and E[R sum_t grad log pi] = grad J (REINFORCE
+# with the full discounted return; the start state of each group is drawn from rho), so
+#     E[g] = grad J                                                          (factor 1).
+# Group mean: R_i - mean_j R_j = (G-1)/G (R_i - mean_{j != i} R_j), hence E[g] = (G-1)/G grad J.
+# "seq-mean-token-sum-norm" weighs each step 1/(N max_len) instead of 1/N: E[g] = grad J / max_len.
+# Std scaling (divide by the group std) and per-episode length normalisation ("seq-mean-token-
+# mean") make the weights depend on the sampled group and episode: E[g] is then not a multiple of
+# grad J where groups differ in spread or episodes in length (design.md §4).
+#
+# Tolerances: with n independent estimates, z_k = (mean_k - c grad_k) / (sd_k / sqrt(n)) is
+# ~N(0, 1) per component under unbiasedness; over D <= 10 components max |z| > 5 has probability
+# < 1e-5, and sum z^2 ~ chi2(D) exceeds D + 6 sqrt(2D) with probability < 1e-4. Seeds are fixed.
+
+G = 4
+
+
+@pytest.fixture(scope="module")
+def garnet_setting():
+    mdp = make_env("garnet", num_states=4, num_actions=2, branching=2, seed=3, p_end=0.3)
+    logits = torch.randn(mdp.num_states, 2, generator=torch.Generator().manual_seed(0)).double()
+    return mdp, logits, exact_grad(mdp, logits)
+
+
+@pytest.mark.parametrize(
+    "baseline, agg, factor",
+    [
+        ("leave-one-out", "seq-mean-token-sum", 1.0),
+        ("mean", "seq-mean-token-sum", (G - 1) / G),
+        ("leave-one-out", "seq-mean-token-sum-norm", 1.0 / 50),
+    ],
+)
+def test_on_policy_grpo_gradient_is_unbiased_up_to_the_derived_factor(
+    garnet_setting, baseline, agg, factor
+):
+    mdp, logits, true = garnet_setting
+    lc = LossConfig(adv_baseline=baseline, adv_scale="none", agg=agg, max_len=50)
+    samples = grpo_gradient_samples(
+        mdp, logits, lc, num_groups=8, group_size=G, num_batches=3000, seed=1
+    )
+    q = gradient_quality(samples, true, scale=factor)
+    d = q["num_components"]
+    assert q["bias_z_max"] < 5.0, q
+    assert q["bias_chi2"] < d + 6 * (2 * d) ** 0.5, q
+    # and the test has power: the wrong factor is rejected by the same statistics
+    wrong = gradient_quality(samples, true, scale=factor * 0.5)
+    assert wrong["bias_chi2"] > d + 6 * (2 * d) ** 0.5, wrong
+
+
+def _best_scale_chi2(samples: torch.Tensor, true: torch.Tensor) -> tuple[float, dict]:
+    m, t = samples.mean(0).reshape(-1), true.reshape(-1)
+    c = float(m @ t / (t @ t))  # the least-squares multiple of grad J
+    return c, gradient_quality(samples, true, scale=c)
+
+
+def _contexts_mdp() -> TabularMDP:
+    # 4 one-step contexts (start states) of very different difficulty, Bernoulli rewards.
+    # Std scaling divides a context's advantages by its group std ~ sqrt(p (1 - p)), so easy and
+    # hard contexts are up-weighted relative to grad J.
+    p = torch.tensor([[0.97, 0.9], [0.7, 0.3], [0.1, 0.03], [0.6, 0.4]], dtype=torch.float64)
+    S = 5  # 4 contexts + terminal
+    P = torch.zeros(S, 2, S, dtype=torch.float64)
+    P[:, :, 4] = 1.0
+    R = torch.zeros(S, 2, dtype=torch.float64)
+    R[:4] = p
+    rho = torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0], dtype=torch.float64)
+    terminal = torch.tensor([False, False, False, False, True])
+    return TabularMDP(P, R, 0.9, rho, terminal=terminal, reward_noise="bernoulli")
+
+
+def test_std_scaling_biases_the_gradient_direction():
+    mdp = _contexts_mdp()
+    logits = torch.zeros(5, 2, dtype=torch.float64)
+    true = exact_grad(mdp, logits)
+    kw = {"num_groups": 4, "group_size": 8, "num_batches": 4000, "seed": 2}
+    plain = LossConfig(adv_baseline="leave-one-out", adv_scale="none", agg="seq-mean-token-sum")
+    scaled = plain.model_copy(update={"adv_scale": "std"})
+    _, q_plain = _best_scale_chi2(grpo_gradient_samples(mdp, logits, plain, **kw), true)
+    _, q_std = _best_scale_chi2(grpo_gradient_samples(mdp, logits, scaled, **kw), true)
+    d = q_std["num_components"]
+    assert q_plain["bias_chi2"] < d + 6 * (2 * d) ** 0.5, q_plain  # no std: proportional
+    assert q_std["bias_chi2"] > 2 * (d + 6 * (2 * d) ** 0.5), q_std  # std: direction biased
+
+
+def _length_mdp() -> TabularMDP:
+    # Two start states. From s0, action 0 ends at once (reward Bernoulli 0.5) and action 1 walks a
+    # corridor of 5 states (either action moves on) to a reward of discounted mean 0.55.
+    # From s6, a one-step choice between Bernoulli 0.3 and 0.7. Per-episode length
+    # normalisation divides the long episodes' gradient by 6, which re-weights s0's direction
+    # against s6's: a length bias in the direction, not only the size, of the gradient.
+    S = 8  # s0, corridor c1..c5, s6, terminal 7
+    P = torch.zeros(S, 2, S, dtype=torch.float64)
+    R = torch.zeros(S, 2, dtype=torch.float64)
+    P[0, 0, 7] = 1.0
+    R[0, 0] = 0.5
+    P[0, 1, 1] = 1.0
+    for s in range(1, 5):
+        P[s, :, s + 1] = 1.0
+    P[5, :, 7] = 1.0
+    R[5, :] = 0.55 / 0.9**5  # = 0.931: discounted mean 0.55 after the corridor
+    P[6, :, 7] = 1.0
+    R[6] = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    P[7, :, 7] = 1.0
+    rho = torch.zeros(S, dtype=torch.float64)
+    rho[0] = rho[6] = 0.5
+    terminal = torch.zeros(S, dtype=torch.bool)
+    terminal[7] = True
+    return TabularMDP(P, R, 0.9, rho, terminal=terminal, reward_noise="bernoulli")
+
+
+def test_length_normalisation_biases_the_gradient_direction():
+    mdp = _length_mdp()
+    logits = torch.zeros(8, 2, dtype=torch.float64)
+    true = exact_grad(mdp, logits)
+    kw = {"num_groups": 4, "group_size": 8, "num_batches": 4000, "seed": 3}
+    summed = LossConfig(adv_baseline="leave-one-out", adv_scale="none", agg="seq-mean-token-sum")
+    normed = summed.model_copy(update={"agg": "seq-mean-token-mean"})
+    _, q_sum = _best_scale_chi2(grpo_gradient_samples(mdp, logits, summed, **kw), true)
+    _, q_len = _best_scale_chi2(grpo_gradient_samples(mdp, logits, normed, **kw), true)
+    d = q_len["num_components"]
+    assert q_sum["bias_chi2"] < d + 6 * (2 * d) ** 0.5, q_sum
+    assert q_len["bias_chi2"] > 2 * (d + 6 * (2 * d) ** 0.5), q_len
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_grpo_reaches_95_percent_of_optimum_on_a_bandit():
+    # Budget: 40 iterations x 8 groups x 8 episodes (2,560 pulls), Adam lr 0.1, grpo preset.
+    mdp = make_env("bandit", k=5, seed=0)
+    rec = train_grpo(mdp, [GRPOConfig(iterations=40, lr=0.1, seed=s, audit=False) for s in (0, 1)])
+    assert rec.status == ["ok", "ok"]
+    assert (rec.j_final / rec.j_star >= 0.95).all(), rec.j_final / rec.j_star
+
+
+@pytest.mark.slow
+def test_grpo_reaches_95_percent_of_optimum_on_a_garnet():
+    # Budget: 200 iterations x 8 groups x 8 episodes, Adam lr 0.1, dapo preset (no KL to the
+    # uniform start, which would cap J below J*), 8-state 3-action Garnet.
+    mdp = make_env("garnet", num_states=8, num_actions=3, branching=2, seed=0)
+    cfgs = [GRPOConfig(iterations=200, lr=0.1, seed=s, loss="dapo", audit=False) for s in (0, 1)]
+    rec = train_grpo(mdp, cfgs)
+    assert (rec.j_final / rec.j_star >= 0.95).all(), rec.j_final / rec.j_star
+    # J is exact: it improved from the uniform policy's value
+    j = rec.stacked("iter")["J"]
+    assert (j[:, -1] > j[:, 0]).all()
+
+
+def test_batched_equals_looped_for_the_same_seeds():
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=1)
+    base = GRPOConfig(iterations=4, epochs=2, minibatches=2, num_groups=4, group_size=4)
+    cfgs = [
+        base.model_copy(update={"lr": lr, "seed": seed, "loss": base.loss.model_copy(update=e)})
+        for lr, seed, e in [
+            (0.05, 0, {"eps_low": 0.1, "eps_high": 0.1}),
+            (0.2, 1, {"eps_low": 0.2, "eps_high": 0.28}),
+            (0.5, 2, {"eps_low": 0.3, "eps_high": 0.3}),
+        ]
+    ]
+    batched = train_grpo(mdp, cfgs)
+    for c, cfg in enumerate(cfgs):
+        alone = train_grpo(mdp, cfg)
+        torch.testing.assert_close(alone.final_probs[0], batched.final_probs[c], rtol=0, atol=1e-10)
+        for k, v in alone.stacked("step").items():
+            torch.testing.assert_close(
+                v[0], batched.stacked("step")[k][c], rtol=1e-9, atol=1e-10, equal_nan=True
+            )
+
+
+def test_instrumentation_is_recorded_and_consistent():
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=2)
+    rec = train_grpo(mdp, GRPOConfig(iterations=3, epochs=4, lr=0.5, loss="dapo"))
+    st = rec.stacked("step")
+    assert st["ratio_max"].shape == (1, 12)
+    # the TRPO Theorem 1 bound is a theorem: it must hold at every step
+    assert (st["bound_slack"] >= -1e-9).all()
+    # the exact ratio range over visited (s, a) contains the batch's range after the step
+    assert (st["exact_ratio_max"] >= st["exact_ratio_min"]).all()
+    for k in ("exact_frac_outside", "kl_mean", "kl_max", "tv_max"):
+        assert (st[k] >= 0).all(), k
+    assert (st["kl_max"] >= st["kl_mean"] - 1e-12).all()
+    it = rec.stacked("iter")
+    torch.testing.assert_close(it["gap"], rec.j_star[:, None] - it["J"])
+
+
+def test_a_diverging_configuration_is_recorded_not_raised():
+    # Adam moves each logit by about lr per step whatever the gradient: lr = 1e308 overflows the
+    # logits to inf within two steps, in that configuration only.
+    mdp = make_env("bandit", k=3, seed=0)
+    good = GRPOConfig(iterations=4, lr=0.1, loss="dapo", seed=0)
+    bad = good.model_copy(update={"lr": 1e308})
+    rec = train_grpo(mdp, [good, bad])
+    assert rec.status == ["ok", "diverged"]
+    k = rec.diverged_at[1]
+    assert k is not None and 0 <= k < 4
+    assert "non-finite" in rec.error[1]
+    assert torch.isfinite(rec.final_probs).all()  # the last finite parameters are kept
+    assert torch.isnan(rec.stacked("step")["loss"][1, k:]).all()
+    assert torch.isfinite(rec.stacked("step")["loss"][0]).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"group_size": 1}, "group_size"),
+        ({"optimizer": "rmsprop"}, r"unknown optimizer 'rmsprop'"),
+        ({"policy": "cnn"}, r"unknown policy 'cnn'"),
+        ({"num_groups": 6, "minibatches": 4}, "minibatches=4 must divide num_groups=6"),
+        ({"loss": "ppo"}, "GRPO needs loss.advantage='group'"),
+        ({"loss": "grpo2"}, r"unknown preset 'grpo2'"),
+        ({"lr": 0.0}, "lr"),
+        ({"epsilon": 0.2}, "epsilon"),
+    ],
+)
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRPOConfig(**kwargs)
+
+
+def test_batch_may_differ_only_in_batchable_fields():
+    mdp = make_env("bandit", k=3, seed=0)
+    a = GRPOConfig(iterations=1)
+    with pytest.raises(ValueError, match=r"differ in \['epochs'\]"):
+        train_grpo(mdp, [a, a.model_copy(update={"epochs": 2})])
+    with pytest.raises(ValueError, match=r"differ in \['loss.agg'\]"):
+        loss = a.loss.model_copy(update={"agg": "token-mean"})
+        train_grpo(mdp, [a, a.model_copy(update={"loss": loss})])

@@ -157,6 +157,162 @@ def grpo_loss(
     return loss, metrics
 
 
+class GRPOTrainer:
+    """The state of a (batched) GRPO run: policy, optimiser, reference policy, record.
+
+    ``update(it)`` performs iteration ``it`` (module docstring, steps 1-4) and returns its
+    metrics; ``train_grpo`` loops it. A user's own policy (any module whose ``log_probs()`` is the
+    (S, A) or (C, S, A) table) and optimiser can be passed in; otherwise both are built from the
+    configurations (one ``POLICIES[cfg.policy]`` with a config axis, ``make_optimizer``).
+    """
+
+    def __init__(
+        self,
+        mdp: TabularMDP,
+        configs: GRPOConfig | Sequence[GRPOConfig],
+        *,
+        policy: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        device: str = "cpu",
+    ) -> None:
+        configs = [configs] if isinstance(configs, GRPOConfig) else list(configs)
+        if not configs:
+            raise ValueError("configs is empty")
+        _shared_fields(configs)
+        self.configs, self.cfg, self.C = configs, configs[0], len(configs)
+        C, cfg = self.C, self.cfg
+        if mdp.is_batched and mdp.P.shape[0] != C:
+            raise ValueError(
+                f"mdp has C={mdp.P.shape[0]} configurations but {C} configs were given"
+            )
+        self.mdp = mdp = mdp.to(device=device)
+        S, A, dt = mdp.num_states, mdp.num_actions, mdp.dtype
+        self.device = device
+        self.seeds = [c.seed for c in configs]
+        self.eps_low = torch.tensor([c.loss.eps_low for c in configs], dtype=dt, device=device)
+        self.eps_high = torch.tensor([c.loss.eps_high for c in configs], dtype=dt, device=device)
+        if policy is None:
+            kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
+            policy = POLICIES[cfg.policy](S, A, C, seed=self.seeds, dtype=dt, device=device, **kw)
+        self.policy = policy
+        if tuple(self.table().shape) != (C, S, A):
+            raise ValueError(
+                f"policy.log_probs() has shape {tuple(policy.log_probs().shape)}; expected "
+                f"(S, A) = ({S}, {A}) for one config or (C, S, A) with C = {C}"
+            )
+        if optimizer is None:
+            lr = torch.tensor([c.lr for c in configs], dtype=dt, device=device)
+            optimizer = make_optimizer(cfg.optimizer, policy.parameters(), lr if C > 1 else cfg.lr)
+        self.opt = optimizer
+        self.ref_table = self.table().detach()  # (C, S, A) pi_ref = initial policy
+        self.j_star = optimal_return(mdp).expand(C)
+        self.rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
+        self.alive = torch.ones(C, dtype=torch.bool, device=device)
+        # Dr. GRPO's constant normaliser: the episode budget, unless the loss names one
+        lc = cfg.loss
+        self.loss_cfg = lc.model_copy(
+            update={"max_len": lc.max_len or mdp.horizon or cfg.max_steps}
+        )
+        self.step = 0
+
+    def table(self) -> Tensor:
+        """log pi_theta as a (C, S, A) table (an unbatched policy gets C = 1)."""
+        lp = self.policy.log_probs()
+        return lp if lp.dim() == 3 else lp.unsqueeze(0)
+
+    def update(self, it: int) -> dict[str, Tensor]:
+        """One GRPO iteration; returns the iteration's metrics and those of its last step."""
+        cfg, lc, mdp, C, rec = self.cfg, self.loss_cfg, self.mdp, self.C, self.rec
+        G, n_groups = cfg.group_size, cfg.num_groups
+        groups_per_mb = n_groups // cfg.minibatches
+        gens = iteration_generators(self.seeds, it, stream=0)  # sampling
+        perm_gens = iteration_generators(self.seeds, it, stream=1)  # minibatch order
+        # 1. sample with pi_old
+        old_table = self.table().detach()  # (C, S, A)
+        probs_old = old_table.exp()
+        ep, _ = sample_groups(mdp, probs_old, n_groups, G, gens, max_steps=cfg.max_steps)
+        # 2. outcome rewards -> group advantages
+        returns = ep.returns  # (C, N)
+        adv = group_advantages(
+            returns.reshape(-1), G, baseline=lc.adv_baseline, scale=lc.adv_scale
+        ).reshape(C, -1)  # (C, N)
+        old_logp = gather_logp(old_table, ep.states, ep.actions)  # (C, N, T)
+        grp_r = returns.reshape(C, n_groups, G)
+        j_old = exact_return(mdp, probs_old)
+        it_metrics = {
+            "iteration": torch.full((C,), float(it)),
+            "J": j_old,
+            "gap": self.j_star - j_old,
+            "reward_mean": returns.mean(-1),
+            "reward_std": returns.std(-1),
+            "adv_abs_mean": adv.abs().mean(-1),
+            "zero_std_frac": (grp_r == grp_r[..., :1]).all(-1).double().mean(-1),
+            "length_mean": ep.lengths.double().mean(-1),
+            "truncated_frac": ep.truncated.double().mean(-1),
+        }
+        rec.log("iter", it_metrics, self.alive)
+        # 3. K epochs x minibatches of optimiser steps
+        params = list(self.policy.parameters())
+        metrics: dict[str, Tensor] = {}
+        for _epoch in range(cfg.epochs):
+            perm = group_permutations(perm_gens, n_groups)  # (C, n_groups)
+            for m in range(cfg.minibatches):
+                grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
+                idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n)
+                idx3 = idx.unsqueeze(-1).expand(-1, -1, ep.num_steps)
+
+                def take(x: Tensor, i: Tensor = idx3) -> Tensor:
+                    return x.gather(1, i)
+
+                loss, metrics = grpo_loss(
+                    self.table(),
+                    take(ep.states),
+                    take(ep.actions),
+                    take(ep.mask),
+                    take(old_logp),
+                    adv.gather(1, idx),
+                    lc,
+                    self.eps_low,
+                    self.eps_high,
+                    self.ref_table,
+                )
+                backup = [p.detach().clone() for p in params]
+                self.opt.zero_grad()
+                loss.sum().backward()  # configurations are independent: sum = each its own
+                self.opt.step()
+                # a non-finite loss or parameter stops that configuration, not the batch
+                ok = torch.isfinite(loss.detach())
+                for p in params:
+                    ok &= torch.isfinite(p.detach()).reshape(C, -1).all(-1)
+                newly = self.alive & ~ok
+                if bool(newly.any()):
+                    rec.mark_diverged(newly, self.step, "non-finite loss or parameters")
+                    self.alive &= ok
+                with torch.no_grad():
+                    for p, b in zip(params, backup, strict=True):
+                        keep = self.alive.reshape(-1, *([1] * (p.dim() - 1)))
+                        p.copy_(torch.where(keep, p, b))
+                # 4. instrumentation against pi_old
+                if cfg.audit:
+                    probs_new = self.table().detach().exp()
+                    el, eh = self.eps_low, self.eps_high
+                    metrics.update(exact_ratio_audit(mdp, probs_old, probs_new, el, eh))
+                    metrics.update(policy_change(mdp, probs_old, probs_new))
+                    metrics.update(improvement(mdp, probs_old, probs_new, el, eh))
+                metrics["iteration"] = torch.full((C,), float(it))
+                rec.log("step", metrics, self.alive)
+                self.step += 1
+        return {**metrics, **it_metrics}
+
+    def finish(self) -> RunRecord:
+        """Close the record: final policy, its exact return and J*."""
+        final = self.table().detach().exp()
+        self.rec.final_probs = final.cpu()
+        self.rec.j_final = exact_return(self.mdp, final).cpu()
+        self.rec.j_star = self.j_star.cpu()
+        return self.rec
+
+
 def train_grpo(
     mdp: TabularMDP,
     configs: GRPOConfig | Sequence[GRPOConfig],
@@ -170,116 +326,10 @@ def train_grpo(
     with the step and the reason: a non-finite loss or parameter stops that configuration, not the
     batch) and the final policy tables in ``record.final_probs`` (C, S, A).
     """
-    configs = [configs] if isinstance(configs, GRPOConfig) else list(configs)
-    if not configs:
-        raise ValueError("configs is empty")
-    _shared_fields(configs)
-    cfg = configs[0]
-    lc = cfg.loss
-    C = len(configs)
-    if mdp.is_batched and mdp.P.shape[0] != C:
-        raise ValueError(f"mdp has C={mdp.P.shape[0]} configurations but {C} configs were given")
-    mdp = mdp.to(device=device)
-    S, A, dt = mdp.num_states, mdp.num_actions, mdp.dtype
-    seeds = [c.seed for c in configs]
-    lr = torch.tensor([c.lr for c in configs], dtype=dt, device=device)
-    eps_low = torch.tensor([c.loss.eps_low for c in configs], dtype=dt, device=device)
-    eps_high = torch.tensor([c.loss.eps_high for c in configs], dtype=dt, device=device)
-    kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
-    policy = POLICIES[cfg.policy](S, A, C, seed=seeds, dtype=dt, device=device, **kw)
-    opt = make_optimizer(cfg.optimizer, policy.parameters(), lr)
-    ref_table = policy.log_probs().detach()  # (C, S, A) pi_ref = initial policy
-    j_star = optimal_return(mdp).expand(C)
-
-    rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
-    alive = torch.ones(C, dtype=torch.bool, device=device)
-    # Dr. GRPO's constant normaliser: the episode budget, unless the loss names one
-    lc = lc.model_copy(update={"max_len": lc.max_len or mdp.horizon or cfg.max_steps})
-    G, n_groups = cfg.group_size, cfg.num_groups
-    groups_per_mb = n_groups // cfg.minibatches
-    step = 0
-    for it in range(cfg.iterations):
-        gens = iteration_generators(seeds, it, stream=0)  # sampling
-        perm_gens = iteration_generators(seeds, it, stream=1)  # minibatch order
-        # 1. sample with pi_old
-        old_table = policy.log_probs().detach()  # (C, S, A)
-        probs_old = old_table.exp()
-        ep, _ = sample_groups(mdp, probs_old, n_groups, G, gens, max_steps=cfg.max_steps)
-        # 2. outcome rewards -> group advantages
-        returns = ep.returns  # (C, N)
-        adv = group_advantages(
-            returns.reshape(-1), G, baseline=lc.adv_baseline, scale=lc.adv_scale
-        ).reshape(C, -1)  # (C, N)
-        old_logp = gather_logp(old_table, ep.states, ep.actions)  # (C, N, T)
-        grp_r = returns.reshape(C, n_groups, G)
-        j_old = exact_return(mdp, probs_old)
-        rec.log(
-            "iter",
-            {
-                "iteration": torch.full((C,), float(it)),
-                "J": j_old,
-                "gap": j_star - j_old,
-                "reward_mean": returns.mean(-1),
-                "reward_std": returns.std(-1),
-                "zero_std_frac": (grp_r == grp_r[..., :1]).all(-1).double().mean(-1),
-                "length_mean": ep.lengths.double().mean(-1),
-                "truncated_frac": ep.truncated.double().mean(-1),
-            },
-            alive,
-        )
-        # 3. K epochs x minibatches of optimiser steps
-        for _epoch in range(cfg.epochs):
-            perm = group_permutations(perm_gens, n_groups)  # (C, n_groups)
-            for m in range(cfg.minibatches):
-                grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
-                idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n)
-                idx3 = idx.unsqueeze(-1).expand(-1, -1, ep.num_steps)
-
-                def take(x: Tensor, i: Tensor = idx3) -> Tensor:
-                    return x.gather(1, i)
-
-                loss, metrics = grpo_loss(
-                    policy.log_probs(),
-                    take(ep.states),
-                    take(ep.actions),
-                    take(ep.mask),
-                    take(old_logp),
-                    adv.gather(1, idx),
-                    lc,
-                    eps_low,
-                    eps_high,
-                    ref_table,
-                )
-                backup = [p.detach().clone() for p in policy.parameters()]
-                opt.zero_grad()
-                loss.sum().backward()  # configurations are independent: sum = each its own
-                opt.step()
-                # a non-finite loss or parameter stops that configuration, not the batch
-                ok = torch.isfinite(loss.detach())
-                for p in policy.parameters():
-                    ok &= torch.isfinite(p.detach()).reshape(C, -1).all(-1)
-                newly = alive & ~ok
-                if bool(newly.any()):
-                    rec.mark_diverged(newly, step, "non-finite loss or parameters")
-                    alive &= ok
-                with torch.no_grad():
-                    for p, b in zip(policy.parameters(), backup, strict=True):
-                        keep = alive.reshape(-1, *([1] * (p.dim() - 1)))
-                        p.copy_(torch.where(keep, p, b))
-                # 4. instrumentation against pi_old
-                if cfg.audit:
-                    probs_new = policy.log_probs().detach().exp()
-                    metrics.update(exact_ratio_audit(mdp, probs_old, probs_new, eps_low, eps_high))
-                    metrics.update(policy_change(mdp, probs_old, probs_new))
-                    metrics.update(improvement(mdp, probs_old, probs_new, eps_low, eps_high))
-                metrics["iteration"] = torch.full((C,), float(it))
-                rec.log("step", metrics, alive)
-                step += 1
-    final = policy.log_probs().detach().exp()
-    rec.final_probs = final.cpu()
-    rec.j_final = exact_return(mdp, final).cpu()
-    rec.j_star = j_star.cpu()
-    return rec
+    trainer = GRPOTrainer(mdp, configs, device=device)
+    for it in range(trainer.cfg.iterations):
+        trainer.update(it)
+    return trainer.finish()
 
 
 def grpo_gradient_samples(

@@ -462,6 +462,7 @@ def train_trpo(
         return x.reshape(-1, *([1] * (p.dim() - 1)))  # (C,) -> (C, 1, ..., 1)
 
     G, n_groups = cfg.group_size, cfg.num_groups
+    lam = cfg.cg_damping  # lambda of (F + lambda I)
     for it in range(cfg.iterations):
         step = it  # one TRPO update per iteration
         gens = iteration_generators(seeds, it, device=mdp.device.type)
@@ -506,26 +507,31 @@ def train_trpo(
             w = state_visitation(mdp, probs_old)  # (C, S)
         batch = (ep.states, ep.actions, mask, old_logp, adv)
 
-        # 3. gradient and natural direction
+        # 3. g = grad L(theta_old); x = (F + lambda I)^-1 g by CG on Fisher-vector products
         L = surrogate(policy.log_probs(), *batch)  # (C,)
         g = _flat_grad(L, params, C).detach()  # (C, D)
-        fvp = fisher_vector_product(policy, old_table, w, cfg.cg_damping)
-        x, _ = conjugate_gradient(fvp, g, cfg.cg_iters, cfg.cg_tol)  # (C, D)
-        Mx = fvp(x).detach()  # (F + lambda I) x
-        quad = (x * (Mx - cfg.cg_damping * x)).sum(-1)  # x^T F x, undamped (C,)
+        fisher = fisher_vector_product(policy, old_table, w, damping=0.0)  # v -> F v
+
+        def damped(v: Tensor, fisher: Callable[[Tensor], Tensor] = fisher) -> Tensor:
+            return fisher(v) + lam * v  # (F + lambda I) v
+
+        x, _ = conjugate_gradient(damped, g, cfg.cg_iters, cfg.cg_tol)  # (C, D)
+        Fx = fisher(x).detach()  # (C, D)
+        quad = (x * Fx).sum(-1)  # x^T F x, undamped (C,)
         g_norm = g.norm(dim=-1)
-        cg_res = (Mx - g).norm(dim=-1) / torch.where(g_norm > 0, g_norm, 1.0)
-        # 4. full step s = beta x, beta = sqrt(2 delta / x^T F x)
+        cg_res = (Fx + lam * x - g).norm(dim=-1) / torch.where(g_norm > 0, g_norm, 1.0)
+        # 4. full step s = beta x with 1/2 s^T F s = delta: beta = sqrt(2 delta / x^T F x)
         pos = quad > 0
         beta = torch.where(pos, (2.0 * delta / torch.where(pos, quad, 1.0)).sqrt(), 0.0)
-        gx = (g * x).sum(-1)
+        gx = (g * x).sum(-1)  # g.x: first-order surrogate gain per unit of beta
         ok = torch.isfinite(g).all(-1) & torch.isfinite(x).all(-1)
         ok &= torch.isfinite(quad) & torch.isfinite(beta)
         diverge(ok, step, "non-finite gradient, CG solution or step size")
         full = torch.where(alive.unsqueeze(-1), beta.unsqueeze(-1) * x, 0.0).detach()  # (C, D)
         steps = unflatten(full, params)
 
-        # 5. backtracking line search, all configurations per fraction
+        # 5. backtracking line search over fractions b^k, all configurations per fraction:
+        #    accept the first k with KLbar(theta_old + b^k s) <= delta and L gain > 0
         with torch.no_grad():
             L_old = surrogate(old_table, *batch)  # (C,) = mean A
             accepted = torch.zeros(C, dtype=torch.bool, device=device)
@@ -558,7 +564,7 @@ def train_trpo(
             for p, o in zip(params, old_params, strict=True):
                 p.copy_(torch.where(per_config(alive, p), p, o))
 
-        # 6. instrumentation against pi_old
+        # 6. instrumentation of the applied step against pi_old
         new_table = policy.log_probs().detach()  # (C, S, A)
         probs_new = new_table.exp()
         d_old = state_visitation(mdp, probs_old)  # (C, S)

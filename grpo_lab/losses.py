@@ -112,6 +112,39 @@ def aggregate(
     return fn(v, valid.to(dt), max_len)
 
 
+def aggregation_weights(
+    mode: str,
+    mask: Tensor,
+    seq_length: Tensor,
+    num_seqs: Tensor,
+    batch_size: int,
+    max_len: int,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Per-token weights w with agg(l) = sum_k w_k l_k: the aggregation modes in a form that needs
+    no (B, T) grid, for steps packed in rows (``PackedEpisodes``).
+
+        token-mean               w = m / sum m
+        seq-mean-token-mean      w = m / (n_seq L_i)
+        seq-mean-token-sum       w = m / n_seq
+        seq-mean-token-sum-norm  w = m / (B max_len)
+
+    Shapes: mask (..., K) bool; seq_length (..., K) the length L_i of each token's sequence;
+    num_seqs (...,) n_seq, the sequences with at least one token; ``batch_size`` B -> (..., K).
+    Equal to ``aggregate`` on the padded layout (tested).
+    """
+    AGGREGATIONS.get(mode)
+    m = mask.to(dtype)
+    n = num_seqs.to(m.dtype).unsqueeze(-1)
+    if mode == "token-mean":
+        return m / m.sum(dim=-1, keepdim=True)
+    if mode == "seq-mean-token-mean":
+        return m / (n * seq_length.to(m.dtype).clamp_min(1.0))
+    if mode == "seq-mean-token-sum":
+        return m / n
+    return m / (batch_size * max_len)
+
+
 # ----------------------------------------------------------------------------- KL estimators
 
 

@@ -240,3 +240,50 @@ def test_batch_may_differ_only_in_batchable_fields():
     with pytest.raises(ValueError, match=r"differ in \['loss.agg'\]"):
         loss = a.loss.model_copy(update={"agg": "token-mean"})
         train_grpo(mdp, [a, a.model_copy(update={"loss": loss})])
+
+
+def test_derived_seeds_are_deterministic_and_distinct():
+    from grpo_lab.algorithms.common import derive_seed
+
+    seeds = {derive_seed(s, i, k) for s in range(20) for i in range(20) for k in range(2)}
+    assert len(seeds) == 800  # no collision, e.g. (s, i+1) vs (s+1, i)
+    assert derive_seed(3, 4, 1) == derive_seed(3, 4, 1)
+    assert all(0 <= x < 2**63 for x in seeds)
+
+
+@pytest.mark.parametrize("preset_name", ["grpo", "dr_grpo", "dapo", "gspo"])
+def test_packed_grpo_loss_equals_policy_loss_on_the_padded_batch(preset_name):
+    # Independent route: the same episodes in the padded layout through losses.policy_loss and
+    # losses.kl_penalty/aggregate (tested against hand-worked values in tests/test_losses.py).
+    from grpo_lab.algorithms.common import gather_logp
+    from grpo_lab.algorithms.grpo import grpo_loss
+    from grpo_lab.envs.tabular import sample_groups
+    from grpo_lab.losses import aggregate, kl_penalty, policy_loss, preset
+
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=0, p_end=0.2)
+    g = torch.Generator().manual_seed(0)
+    old = torch.log_softmax(torch.randn(2, mdp.num_states, 3, generator=g).double(), -1)
+    new = torch.log_softmax(old + 0.3 * torch.randn(2, mdp.num_states, 3, generator=g).double(), -1)
+    ref = torch.log_softmax(torch.randn(2, mdp.num_states, 3, generator=g).double(), -1)
+    gens = lambda: [torch.Generator().manual_seed(5 + c) for c in range(2)]  # noqa: E731
+    packed, _ = sample_groups(mdp, old.exp(), 3, 4, gens(), layout="packed")
+    padded, _ = sample_groups(mdp, old.exp(), 3, 4, gens())
+    adv = torch.randn(2, 12, generator=g).double()
+    lc = preset(preset_name).model_copy(update={"max_len": 40, "beta": 0.04})
+    eps_l = torch.full((2,), lc.eps_low, dtype=torch.float64)
+    eps_h = torch.full((2,), lc.eps_high, dtype=torch.float64)
+    old_tok = gather_logp(old, packed.states, packed.actions)
+    loss, m = grpo_loss(new, packed, packed.mask, old_tok, adv, lc, eps_l, eps_h, 12, ref)
+    for c in range(2):
+        lp = gather_logp(new[c : c + 1], padded.states[c : c + 1], padded.actions[c : c + 1])[0]
+        olp = gather_logp(old[c : c + 1], padded.states[c : c + 1], padded.actions[c : c + 1])[0]
+        rlp = gather_logp(ref[c : c + 1], padded.states[c : c + 1], padded.actions[c : c + 1])[0]
+        mask = padded.mask[c]
+        pg, pm = policy_loss(
+            lp, olp, adv[c], mask, eps_low=lc.eps_low, eps_high=lc.eps_high,
+            ratio_level=lc.ratio_level, agg=lc.agg, max_len=40,
+        )  # fmt: skip
+        kl = aggregate(kl_penalty(lp, rlp, lc.kl_kind), mask, lc.agg, 40)
+        assert loss[c].item() == pytest.approx((pg + 0.04 * kl).item(), abs=1e-12)
+        for k in ("ratio_max", "ratio_min", "clip_frac", "approx_kl"):
+            assert m[k][c].item() == pytest.approx(pm[k], abs=1e-12), k

@@ -14,6 +14,7 @@ from grpo_lab.losses import (
     PRESETS,
     LossConfig,
     aggregate,
+    aggregation_weights,
     clipped_surrogate,
     entropy,
     kl_penalty,
@@ -550,3 +551,20 @@ def test_aggregate_rejects_an_empty_config_slice():
     mask[1] = False
     with pytest.raises(ValueError, match="mask is all zero"):
         aggregate(torch.zeros(2, 3, 4), mask)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregation_weights_equal_aggregate_on_the_padded_layout(mode):
+    # The weights form sum_k w_k l_k, on the steps listed flat, against aggregate() on (C, B, T).
+    c, b, t = 3, 4, 5
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(c, b, t, generator=g, dtype=torch.float64)
+    lengths = torch.randint(0, t + 1, (c, b), generator=g)
+    lengths[:, 0] = t  # each config has a non-empty sequence
+    mask = torch.arange(t) < lengths.unsqueeze(-1)  # (C, B, T)
+    expected = aggregate(v, mask, mode, max_len=7)  # (C,)
+    flat_mask = mask.reshape(c, b * t)
+    seq_len = lengths.unsqueeze(-1).expand(c, b, t).reshape(c, b * t)
+    n_seq = (lengths > 0).sum(-1)
+    w = aggregation_weights(mode, flat_mask, seq_len, n_seq, b, 7, dtype=torch.float64)
+    torch.testing.assert_close((w * v.reshape(c, b * t)).sum(-1), expected)

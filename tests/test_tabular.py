@@ -605,3 +605,32 @@ def test_generator_list_must_match_config_axis():
     probs = torch.full((3, mdp.num_states, 2), 0.5, dtype=torch.float64)
     with pytest.raises(ValueError, match="generator lists 2 generators but the batch has C=3"):
         sample_groups(mdp, probs, 2, 2, [torch.Generator(), torch.Generator()])
+
+
+def test_packed_layout_holds_the_same_steps_as_the_padded_one():
+    # Truth: the padded layout (tested above against exact returns); the packed rows must list
+    # the same (s, a, r) per episode, in time order, with nothing else unmasked.
+    mdp = garnet(5, 3, 2, seed=2, p_end=0.25)
+    probs = torch.softmax(
+        torch.randn(2, mdp.num_states, 3, generator=torch.Generator().manual_seed(1)).double(), -1
+    )
+    gens = lambda: [torch.Generator().manual_seed(7 + c) for c in range(2)]  # noqa: E731
+    padded, _ = sample_groups(mdp, probs, 3, 4, gens())
+    packed, _ = sample_groups(mdp, probs, 3, 4, gens(), layout="packed")
+    assert torch.equal(packed.lengths, padded.lengths)
+    torch.testing.assert_close(packed.returns, padded.returns)
+    for c in range(2):
+        assert int(packed.mask[c].sum()) == int(padded.mask[c].sum())
+        for n in range(12):
+            sel = packed.mask[c] & (packed.episode[c] == n)
+            m = padded.mask[c, n]
+            assert torch.equal(packed.states[c][sel], padded.states[c, n][m])
+            assert torch.equal(packed.actions[c][sel], padded.actions[c, n][m])
+            torch.testing.assert_close(packed.rewards[c][sel], padded.rewards[c, n][m])
+
+
+def test_unknown_layout():
+    mdp = garnet(4, 2, 2, seed=0)
+    with pytest.raises(ValueError, match=r"unknown layout 'dense'"):
+        sample_episodes(mdp, torch.full((mdp.num_states, 2), 0.5).double(), torch.zeros(2).long(),
+                        torch.Generator(), layout="dense")  # fmt: skip

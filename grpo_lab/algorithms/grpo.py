@@ -31,12 +31,18 @@ from grpo_lab.algorithms.common import (
     group_permutations,
     iteration_generators,
 )
-from grpo_lab.envs.tabular import TabularMDP, exact_return, optimal_return, sample_groups
+from grpo_lab.envs.tabular import (
+    PackedEpisodes,
+    TabularMDP,
+    exact_return,
+    optimal_return,
+    sample_groups,
+)
 from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
 from grpo_lab.losses import (
     PRESETS,
     LossConfig,
-    aggregate,
+    aggregation_weights,
     clipped_surrogate,
     kl_penalty,
     ratio_metrics,
@@ -124,33 +130,64 @@ def _shared_fields(configs: Sequence[GRPOConfig]) -> None:
 
 def grpo_loss(
     logp_table: Tensor,
-    states: Tensor,
-    actions: Tensor,
+    ep: PackedEpisodes,
     mask: Tensor,
     old_logp: Tensor,
     adv: Tensor,
     loss_cfg: LossConfig,
     eps_low: Tensor,
     eps_high: Tensor,
+    batch_size: int,
     ref_table: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The GRPO loss of each configuration on its batch (GRPO arXiv 2402.03300 eq. 3).
+    """The GRPO loss of each configuration on its batch (GRPO arXiv 2402.03300 eq. 3), on steps
+    packed per configuration (``PackedEpisodes``): the clipped surrogate of every step, reduced
+    with the per-token weights of ``cfg.agg`` (``aggregation_weights``), plus beta * KL to pi_ref.
 
-    Shapes: logp_table (C, S, A) log pi_theta; states, actions, mask, old_logp (C, N, T);
-    adv (C, N) outcome advantages broadcast over steps; eps_low, eps_high (C,);
-    ref_table (C, S, A) log pi_ref (needed when beta > 0). Returns (loss (C,), metrics (C,)).
+    Shapes: logp_table (C, S, A) log pi_theta; ``ep`` rows (C, K); mask (C, K) the steps of this
+    minibatch; old_logp (C, K); adv (C, N) outcome advantages (broadcast to each episode's steps);
+    eps_low, eps_high (C,); ``batch_size`` the episodes per configuration in the minibatch (B of
+    Dr. GRPO's B * max_len); ref_table (C, S, A) log pi_ref (needed when beta > 0).
+    Returns (loss (C,), metrics (C,)).
     """
-    logp = gather_logp(logp_table, states, actions)  # (C, N, T)
-    a = adv.unsqueeze(-1).expand_as(logp)  # (C, N, T)
-    el, eh = eps_low.reshape(-1, 1, 1), eps_high.reshape(-1, 1, 1)
     c = loss_cfg
-    per_tok, ratio = clipped_surrogate(logp, old_logp, a, mask, el, eh, c.dual_clip, c.ratio_level)
-    loss = aggregate(per_tok, mask, c.agg, c.max_len)  # (C,)
-    metrics = ratio_metrics(logp, old_logp, ratio, a, mask, el, eh, c.dual_clip)
+    dt = logp_table.dtype
+    logp = gather_logp(logp_table, ep.states, ep.actions)  # (C, K)
+    a = adv.gather(1, ep.episode)  # (C, K)
+    el, eh = eps_low.reshape(-1, 1), eps_high.reshape(-1, 1)
+    if c.ratio_level == "sequence":  # GSPO: s_i = exp(mean over episode i of log r)
+        log_r = torch.where(mask, logp - old_logp, torch.zeros((), dtype=dt))
+        seq = torch.zeros_like(adv).scatter_add(1, ep.episode, log_r)  # (C, N)
+        seq_mean = seq / ep.lengths.clamp_min(1).to(dt)
+        logp_eff = old_logp + seq_mean.gather(1, ep.episode)  # log pi_old + log s_i
+    else:
+        logp_eff = logp
+    per_tok, ratio = clipped_surrogate(logp_eff, old_logp, a, mask, el, eh, c.dual_clip)
+    seq_len = torch.zeros_like(ep.lengths).scatter_add(1, ep.episode, mask.long())  # (C, N)
+    w = aggregation_weights(
+        c.agg,
+        mask,
+        seq_len.gather(1, ep.episode),
+        (seq_len > 0).sum(-1),
+        batch_size,
+        c.max_len,
+        dtype=dt,
+    )  # (C, K)
+    loss = (w * per_tok).sum(-1)  # (C,)
+    metrics = ratio_metrics(
+        logp.unsqueeze(1),
+        old_logp.unsqueeze(1),
+        ratio.unsqueeze(1),
+        a.unsqueeze(1),
+        mask.unsqueeze(1),
+        el.unsqueeze(-1),
+        eh.unsqueeze(-1),
+        c.dual_clip,
+    )
     metrics["pg_loss"] = loss.detach()
     if c.beta > 0:
-        ref_logp = gather_logp(ref_table, states, actions)
-        kl = aggregate(kl_penalty(logp, ref_logp, c.kl_kind), mask, c.agg, c.max_len)
+        ref_logp = gather_logp(ref_table, ep.states, ep.actions)
+        kl = (w * kl_penalty(logp, ref_logp, c.kl_kind)).sum(-1)
         loss = loss + c.beta * kl
         metrics["kl_ref"] = kl.detach()
     metrics["loss"] = loss.detach()
@@ -230,13 +267,15 @@ class GRPOTrainer:
         # 1. sample with pi_old
         old_table = self.table().detach()  # (C, S, A)
         probs_old = old_table.exp()
-        ep, _ = sample_groups(mdp, probs_old, n_groups, G, gens, max_steps=cfg.max_steps)
+        ep, _ = sample_groups(
+            mdp, probs_old, n_groups, G, gens, max_steps=cfg.max_steps, layout="packed"
+        )
         # 2. outcome rewards -> group advantages
         returns = ep.returns  # (C, N)
         adv = group_advantages(
             returns.reshape(-1), G, baseline=lc.adv_baseline, scale=lc.adv_scale
         ).reshape(C, -1)  # (C, N)
-        old_logp = gather_logp(old_table, ep.states, ep.actions)  # (C, N, T)
+        old_logp = gather_logp(old_table, ep.states, ep.actions)  # (C, K)
         grp_r = returns.reshape(C, n_groups, G)
         j_old = exact_return(mdp, probs_old)
         it_metrics = {
@@ -258,22 +297,19 @@ class GRPOTrainer:
             perm = group_permutations(perm_gens, n_groups)  # (C, n_groups)
             for m in range(cfg.minibatches):
                 grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
-                idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n)
-                idx3 = idx.unsqueeze(-1).expand(-1, -1, ep.num_steps)
-
-                def take(x: Tensor, i: Tensor = idx3) -> Tensor:
-                    return x.gather(1, i)
-
+                in_mb = torch.zeros(C, n_groups, dtype=torch.bool).scatter(1, grp, True)
+                in_mb = in_mb.repeat_interleave(G, dim=1)  # (C, N) episodes of this minibatch
+                mask = ep.mask & in_mb.gather(1, ep.episode)  # (C, K)
                 loss, metrics = grpo_loss(
                     self.table(),
-                    take(ep.states),
-                    take(ep.actions),
-                    take(ep.mask),
-                    take(old_logp),
-                    adv.gather(1, idx),
+                    ep,
+                    mask,
+                    old_logp,
+                    adv,
                     lc,
                     self.eps_low,
                     self.eps_high,
+                    groups_per_mb * G,
                     self.ref_table,
                 )
                 backup = [p.detach().clone() for p in params]
@@ -362,15 +398,16 @@ def grpo_gradient_samples(
     theta = logits.detach().to(mdp.dtype).expand(C, S, A).clone().requires_grad_(True)
     table = torch.log_softmax(theta, dim=-1)  # (C, S, A)
     gens = iteration_generators(list(range(seed, seed + C)), 0)
-    ep, _ = sample_groups(mdp, table.detach().exp(), num_groups, group_size, gens, max_steps)
+    ep, _ = sample_groups(
+        mdp, table.detach().exp(), num_groups, group_size, gens, max_steps, layout="packed"
+    )
     adv = group_advantages(
         ep.returns.reshape(-1), group_size, baseline=lc.adv_baseline, scale=lc.adv_scale
     ).reshape(C, -1)  # (C, N)
-    old_logp = gather_logp(table.detach(), ep.states, ep.actions)  # (C, N, T)
+    old_logp = gather_logp(table.detach(), ep.states, ep.actions)  # (C, K)
     eps_low = torch.full((C,), lc.eps_low, dtype=table.dtype)
     eps_high = torch.full((C,), lc.eps_high, dtype=table.dtype)
-    loss, _ = grpo_loss(
-        table, ep.states, ep.actions, ep.mask, old_logp, adv, lc, eps_low, eps_high, table.detach()
-    )
+    n = num_groups * group_size
+    loss, _ = grpo_loss(table, ep, ep.mask, old_logp, adv, lc, eps_low, eps_high, n, table.detach())
     (grad,) = torch.autograd.grad(loss.sum(), theta)
     return -grad

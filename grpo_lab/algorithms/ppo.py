@@ -102,7 +102,10 @@ def _critic_generator(seed: int) -> torch.Generator:
 
 
 class TabularCritic(nn.Module):
-    """V_phi(s) = phi_s: one free value per state, starting at 0. Shapes: table (C, S)."""
+    """V_phi(s) = phi_s: one free value per state, starting at 0. Shapes: table (C, S).
+
+    ``seed`` is accepted for the interface ``MLPCritic`` shares; a zero table needs none.
+    """
 
     def __init__(
         self,
@@ -292,10 +295,10 @@ def episode_gae(
     """
     done = torch.ones_like(mask)
     done[..., :-1] = ~mask[..., 1:]  # (C, N, T) step t is the last of its episode
-    v = torch.where(mask, values, torch.zeros((), dtype=values.dtype))
+    v = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
     v_ext = torch.cat([v, torch.zeros_like(v[..., :1])], dim=-1)  # (C, N, T + 1)
     adv, ret = gae(rewards, v_ext, done.to(rewards.dtype), gamma, lam)
-    zero = torch.zeros((), dtype=adv.dtype)
+    zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
     return torch.where(mask, adv, zero), torch.where(mask, ret, zero)
 
 
@@ -322,7 +325,7 @@ def normalize_advantages(adv: Tensor, mask: Tensor) -> Tensor:
     mean = (adv * m).sum(dim=(-2, -1), keepdim=True) / n
     var = (((adv - mean) ** 2) * m).sum(dim=(-2, -1), keepdim=True) / (n - 1).clamp_min(1.0)
     out = (adv - mean) / (var.sqrt() + ADV_NORM_EPS)
-    return torch.where(mask, out, torch.zeros((), dtype=adv.dtype))
+    return torch.where(mask, out, torch.zeros((), dtype=adv.dtype, device=adv.device))
 
 
 def _value_term(
@@ -355,7 +358,7 @@ def _value_term(
         )
         losses.append(vl)
         fracs.append(vm["vf_clip_frac"])
-    return torch.stack(losses), torch.tensor(fracs, dtype=values.dtype)
+    return torch.stack(losses), torch.tensor(fracs, dtype=values.dtype, device=values.device)
 
 
 def ppo_loss(
@@ -480,7 +483,9 @@ def train_ppo(
             visited = torch.zeros(C, S, dtype=dt, device=device)
             visited.scatter_(1, ep.states.reshape(C, -1), mask.reshape(C, -1).to(dt))
             visited = visited > 0  # (C, S)
-            err = torch.where(visited, (v_table_old - v_true).abs(), torch.zeros((), dtype=dt))
+            err = torch.where(
+                visited, (v_table_old - v_true).abs(), torch.zeros((), dtype=dt, device=device)
+            )
             critic_error = err.sum(-1) / visited.sum(-1)
         j_old = exact_return(mdp, probs_old)
         rec.log(
@@ -508,7 +513,7 @@ def train_ppo(
                     return x.gather(1, i)
 
                 mb_states, mb_actions, mb_mask = take(ep.states), take(ep.actions), take(mask)
-                mb_old_logp = take(old_logp)
+                mb_old_logp, mb_adv = take(old_logp), take(adv)
                 loss, metrics = ppo_loss(
                     policy.log_probs(),
                     critic.values(),
@@ -516,7 +521,7 @@ def train_ppo(
                     mb_actions,
                     mb_mask,
                     mb_old_logp,
-                    take(adv),
+                    mb_adv,
                     take(old_values),
                     take(returns),
                     lc,
@@ -543,30 +548,19 @@ def train_ppo(
                     for p, b in zip(params, backup, strict=True):
                         keep = alive.reshape(-1, *([1] * (p.dim() - 1)))
                         p.copy_(torch.where(keep, p, b))
-                # 4. instrumentation against pi_old
+                # 4. instrumentation against pi_old: the minibatch's ratios under the updated
+                # policy (with the advantages the loss used), then the exact audit
                 with torch.no_grad():
                     new_table = policy.log_probs()  # (C, S, A)
-                    logp_new = gather_logp(new_table, mb_states, mb_actions)
+                    logp_new = gather_logp(new_table, mb_states, mb_actions)  # (C, n, T)
+                    a_used = normalize_advantages(mb_adv, mb_mask) if cfg.norm_adv else mb_adv
+                    el, eh = eps_low.reshape(-1, 1, 1), eps_high.reshape(-1, 1, 1)
                     _, ratio = clipped_surrogate(
-                        logp_new,
-                        mb_old_logp,
-                        take(adv),
-                        mb_mask,
-                        eps_low.reshape(-1, 1, 1),
-                        eps_high.reshape(-1, 1, 1),
-                        lc.dual_clip,
-                        lc.ratio_level,
+                        logp_new, mb_old_logp, a_used, mb_mask, el, eh, lc.dual_clip, lc.ratio_level
                     )
                     metrics.update(
                         ratio_metrics(
-                            logp_new,
-                            mb_old_logp,
-                            ratio,
-                            take(adv),
-                            mb_mask,
-                            eps_low.reshape(-1, 1, 1),
-                            eps_high.reshape(-1, 1, 1),
-                            lc.dual_clip,
+                            logp_new, mb_old_logp, ratio, a_used, mb_mask, el, eh, lc.dual_clip
                         )
                     )
                     v_new = values_at(critic.values(), ep.states, mask)

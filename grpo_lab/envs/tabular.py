@@ -49,6 +49,7 @@ __all__ = [
     "ENVS",
     "REWARD_NOISES",
     "Episodes",
+    "PackedEpisodes",
     "TabularMDP",
     "advantages",
     "bandit",
@@ -666,6 +667,28 @@ class Episodes:
         return self.states.shape[-1]
 
 
+@dataclass(frozen=True, eq=False)
+class PackedEpisodes:
+    """The steps of a batch of episodes packed per configuration: row c holds every step of
+    configuration c, episode after episode, each in time order (K = the largest step count of a
+    configuration; shorter rows are padded with mask False). Always with the C axis (C = 1 for an
+    unbatched call).
+
+        states, actions (C, K) long;  rewards (C, K) float;  mask (C, K) bool
+        episode   (C, K) long   n in [0, N): the episode a step belongs to
+        lengths   (C, N) long;  returns (C, N) float;  truncated (C, N) bool  (as in Episodes)
+    """
+
+    states: Tensor
+    actions: Tensor
+    rewards: Tensor
+    episode: Tensor
+    mask: Tensor
+    lengths: Tensor
+    returns: Tensor
+    truncated: Tensor
+
+
 def _cdf(probs: Tensor) -> Tensor:
     """Cumulative sums along the last axis, divided by the total so that they end at exactly 1
     (x / x == 1 in IEEE arithmetic). Shapes: (..., K) -> (..., K)."""
@@ -707,20 +730,23 @@ def _check_generators(generator: object, device: torch.device, C: int) -> list[t
     return [_check_generator(generator, device)]  # raises the type error
 
 
-def _draw(
+def _draw_running(
     gens: list[torch.Generator],
+    idx: Tensor,
+    N: int,
+    tail: tuple[int, ...],
     fn: Callable[..., Tensor],
-    shape: tuple[int, ...],
-    dim: int,
     **kw: Any,
 ) -> Tensor:
-    """Random numbers of ``shape`` from one generator, or the per-configuration slices of the
-    config-major axis ``dim`` each from its own generator (the slices concatenated along dim)."""
+    """Random numbers for the running episodes ``idx`` (sorted, config-major c*N + n): rows
+    (len(idx), *tail), drawn per configuration from its own generator (one call per configuration
+    with running episodes, none for a finished one), or all at once from a single generator. A
+    configuration's draws depend only on its own running episodes: batched == one-config runs."""
     if len(gens) == 1:
-        return fn(*shape, generator=gens[0], **kw)
-    part = list(shape)
-    part[dim] //= len(gens)
-    return torch.cat([fn(*part, generator=g, **kw) for g in gens], dim=dim)
+        return fn(idx.numel(), *tail, generator=gens[0], **kw)
+    counts = torch.bincount(idx // N, minlength=len(gens)).tolist()
+    parts = [fn(n, *tail, generator=g, **kw) for g, n in zip(gens, counts, strict=True) if n]
+    return torch.cat(parts)
 
 
 def sample_episodes(
@@ -729,7 +755,8 @@ def sample_episodes(
     start_states: Tensor,
     generator: Generators,
     max_steps: int | None = None,
-) -> Episodes:
+    layout: str = "padded",
+) -> Episodes | PackedEpisodes:
     """Roll out N episodes of policy ``probs`` from ``start_states``, all stepping together.
 
     At each step t every running episode draws a_t ~ pi(.|s_t), r_t (R(s_t, a_t), or Bernoulli /
@@ -745,8 +772,14 @@ def sample_episodes(
     The only Python loop is over time steps. Randomness comes from ``generator`` only (on the
     MDP's device): the same seed gives identical episodes.
 
+    ``layout="padded"`` returns ``Episodes`` (.., N, T), T the longest episode of the whole batch;
+    ``layout="packed"`` returns ``PackedEpisodes``: each configuration's steps in one row (C, K),
+    K its step count, without the padding a long tail of episode lengths costs.
+
     Shapes: probs (S, A) | (C, S, A); start_states (N,) | (C, N) long -> Episodes (.., N, T).
     """
+    if layout not in ("padded", "packed"):
+        raise ValueError(f"unknown layout {layout!r}; choose one of ['packed', 'padded']")
     S = mdp.num_states
     pi = _check_probs(mdp, probs).detach()
     st = as_tensor("start_states", start_states)
@@ -795,38 +828,35 @@ def sample_episodes(
     cap = max_steps if mdp.horizon is None else min(max_steps, mdp.horizon)
     alive = ~done_flat[c_base + s]  # (M,)
     ret = torch.zeros(M, dtype=dtype, device=device)
-    zero_s = torch.zeros(M, dtype=torch.long, device=device)
-    zero_r = torch.zeros(M, dtype=dtype, device=device)
     no = torch.zeros(M, dtype=torch.bool, device=device)
     yes = torch.ones((), dtype=torch.bool, device=device)
     disc = 1.0
-    states, actions, rewards, masks = [], [], [], []
+    steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (idx, s, a, r) per time step
     # Only the running episodes (indices idx) are stepped: lengths vary a lot (geometric on a
     # Garnet), and the batch runs until its longest episode ends.
     idx = torch.nonzero(alive).squeeze(1)  # (m,)
     t = 0
     while t < cap and idx.numel() > 0:
         k = t % _RAND_BLOCK
-        if k == 0:  # uniforms for the next steps: action, next state, reward coin (per config)
-            u_blk = _draw(gens, torch.rand, (3, M, _RAND_BLOCK), 1, **rnd)  # (3, M, BLOCK)
+        if k == 0:  # uniforms for the next steps of the running episodes (per config)
+            idx_blk = idx
+            u_blk = _draw_running(gens, idx, N, (3, _RAND_BLOCK), torch.rand, **rnd)  # (m, 3, B)
             if mdp.reward_noise == "gaussian":
-                z_blk = _draw(gens, torch.randn, (M, _RAND_BLOCK), 0, **rnd)  # (M, BLOCK)
+                z_blk = _draw_running(gens, idx, N, (_RAND_BLOCK,), torch.randn, **rnd)  # (m, B)
+        j = torch.searchsorted(idx_blk, idx)  # rows of the block's draws for the running set
         s_i = s.index_select(0, idx)  # (m,)
         base = c_base.index_select(0, idx)
         row = base + s_i
-        u_a, u_s = u_blk[0, idx, k].unsqueeze(-1), u_blk[1, idx, k].unsqueeze(-1)  # (m, 1)
+        u_a, u_s = u_blk[j, 0, k].unsqueeze(-1), u_blk[j, 1, k].unsqueeze(-1)  # (m, 1)
         a = torch.searchsorted(pol_cdf.index_select(0, row), u_a, right=True).squeeze(-1)
         sa = row * A + a  # (m,)
         r = R_flat.index_select(0, sa)  # (m,) expected reward
         if mdp.reward_noise == "bernoulli":
-            r = (u_blk[2, idx, k] < r).to(dtype)
+            r = (u_blk[j, 2, k] < r).to(dtype)
         elif mdp.reward_noise == "gaussian":
-            r = r + mdp.reward_std * z_blk[idx, k]
+            r = r + mdp.reward_std * z_blk[j, k]
         s_next = torch.searchsorted(P_cdf.index_select(0, sa), u_s, right=True).squeeze(-1)
-        states.append(zero_s.index_put((idx,), s_i))
-        actions.append(zero_s.index_put((idx,), a))
-        rewards.append(zero_r.index_put((idx,), r))
-        masks.append(no.index_put((idx,), yes))
+        steps.append((idx, s_i, a, r))  # compact: only the running episodes
         ret.index_add_(0, idx, disc * r)
         disc *= mdp.gamma
         s = s.index_put((idx,), s_next)
@@ -834,16 +864,51 @@ def sample_episodes(
         t += 1
     alive = no.index_put((idx,), yes)  # still running at the cap
 
-    def stack(xs: list[Tensor], empty_dtype: torch.dtype) -> Tensor:
-        if not xs:
-            return torch.zeros(C, N, 0, dtype=empty_dtype, device=device)
-        return torch.stack(xs, -1).reshape(C, N, len(xs))  # (C, N, T)
-
-    states_t, actions_t = stack(states, torch.long), stack(actions, torch.long)
-    rewards_t, mask_t = stack(rewards, dtype), stack(masks, torch.bool)
+    T = len(steps)
+    if steps:  # every recorded step as one flat list: episode index, time, s, a, r
+        ep_i = torch.cat([x[0] for x in steps])  # (K,) in [0, M)
+        t_i = torch.cat([torch.full_like(x[0], k) for k, x in enumerate(steps)])
+        s_i, a_i, r_i = (torch.cat([x[j] for x in steps]) for j in (1, 2, 3))
+    else:
+        ep_i = t_i = s_i = a_i = torch.zeros(0, dtype=torch.long, device=device)
+        r_i = torch.zeros(0, dtype=dtype, device=device)
+    lengths = torch.bincount(ep_i, minlength=M).reshape(C, N)
     ended_by_horizon = mdp.horizon is not None and mdp.horizon <= max_steps
     truncated = (alive if not ended_by_horizon else torch.zeros_like(alive)).reshape(C, N)
     ret = ret.reshape(C, N)
+
+    if layout == "packed":
+        # tokens grouped by configuration, then episode, then time (stable sort on c*N + n)
+        order = torch.sort(ep_i, stable=True).indices
+        ep_i, s_i, a_i, r_i = ep_i[order], s_i[order], a_i[order], r_i[order]
+        per_config = lengths.sum(-1)  # (C,) tokens of each configuration
+        start = torch.cumsum(per_config, 0) - per_config  # (C,)
+        cfg = ep_i // N
+        pos = torch.arange(ep_i.numel(), device=device) - start[cfg]  # position in its row
+        K = int(per_config.max()) if C > 0 and ep_i.numel() > 0 else 0
+
+        def row(x: Tensor, fill: Tensor) -> Tensor:
+            return torch.full((C, K), fill, dtype=x.dtype, device=device).index_put((cfg, pos), x)
+
+        zero_l = torch.zeros((), dtype=torch.long)
+        return PackedEpisodes(
+            states=row(s_i, zero_l),
+            actions=row(a_i, zero_l),
+            rewards=row(r_i, torch.zeros((), dtype=dtype)),
+            episode=row(ep_i - cfg * N, zero_l),
+            mask=row(torch.ones_like(ep_i, dtype=torch.bool), torch.zeros((), dtype=torch.bool)),
+            lengths=lengths,
+            returns=ret,
+            truncated=truncated,
+        )
+
+    def grid(x: Tensor, fill_dtype: torch.dtype) -> Tensor:
+        out = torch.zeros(M, T, dtype=fill_dtype, device=device)
+        return out.index_put((ep_i, t_i), x.to(fill_dtype)).reshape(C, N, T)  # (C, N, T)
+
+    states_t, actions_t = grid(s_i, torch.long), grid(a_i, torch.long)
+    rewards_t = grid(r_i, dtype)
+    mask_t = grid(torch.ones_like(ep_i), torch.long).bool()
 
     def out(x: Tensor) -> Tensor:
         return x if batched else x.squeeze(0)
@@ -853,7 +918,7 @@ def sample_episodes(
         actions=out(actions_t),
         rewards=out(rewards_t),
         mask=out(mask_t),
-        lengths=out(mask_t.sum(-1)),
+        lengths=out(lengths),
         returns=out(ret),
         truncated=out(truncated),
     )
@@ -867,7 +932,11 @@ def sample_start_states(mdp: TabularMDP, num: int, generator: Generators) -> Ten
     C = rho.shape[0] if mdp.is_batched or isinstance(generator, torch.Generator) else len(generator)
     gens = _check_generators(generator, mdp.device, C)
     rho = rho.expand(C, -1)
-    u = _draw(gens, torch.rand, (C, num), 0, dtype=rho.dtype, device=rho.device)  # (C, num)
+    kw = {"dtype": rho.dtype, "device": rho.device}
+    if len(gens) == 1:
+        u = torch.rand(C, num, generator=gens[0], **kw)  # (C, num)
+    else:  # row c from generator c
+        u = torch.stack([torch.rand(num, generator=g, **kw) for g in gens])
     s0 = _sample_index(rho.unsqueeze(1).expand(-1, num, -1), u)  # (C, num)
     return s0 if mdp.is_batched or len(gens) > 1 else s0.squeeze(0)
 
@@ -879,7 +948,8 @@ def sample_groups(
     group_size: int,
     generator: Generators,
     max_steps: int | None = None,
-) -> tuple[Episodes, Tensor]:
+    layout: str = "padded",
+) -> tuple[Episodes | PackedEpisodes, Tensor]:
     """GRPO-style groups: draw ``num_groups`` start states from rho and run ``group_size``
     episodes from each, consecutively (the tabular analogue of G completions of one prompt).
 
@@ -900,7 +970,12 @@ def sample_groups(
     if p.dim() == 3 and starts.dim() == 1:
         starts = starts.unsqueeze(0).expand(p.shape[0], num_groups)
     episodes = sample_episodes(
-        mdp, p, starts.repeat_interleave(group_size, dim=-1), generator, max_steps=max_steps
+        mdp,
+        p,
+        starts.repeat_interleave(group_size, dim=-1),
+        generator,
+        max_steps=max_steps,
+        layout=layout,
     )
     return episodes, starts
 

@@ -1,0 +1,297 @@
+"""Tests of grpo_lab/algorithms/ppo.py against independent truths: torch's own gradient clipping,
+the exact V^pi of a tabular MDP (linear solve), the exact optimum J*, C one-config runs, and a
+first-order Taylor expansion of the entropy.
+
+Every run has fixed seeds, so every test is the same run each time (on the one torch thread that
+tests/conftest.py sets for the session).
+"""
+
+import math
+
+import pytest
+import torch
+
+from grpo_lab.algorithms.common import gather_logp, iteration_generators
+from grpo_lab.algorithms.ppo import (
+    MLPCritic,
+    PPOConfig,
+    TabularCritic,
+    clip_grad_norm_per_config,
+    episode_gae,
+    explained_variance,
+    ppo_loss,
+    train_ppo,
+    values_at,
+)
+from grpo_lab.envs.tabular import bandit, exact_return, garnet, sample_groups, state_values
+from grpo_lab.losses import PRESETS, LossConfig
+from grpo_lab.optim import make_optimizer
+from grpo_lab.policies.tabular import TabularSoftmaxPolicy
+
+F64 = torch.float64
+
+
+def entropy_rows(probs):
+    return -(probs * probs.log()).sum(-1)
+
+
+# ----------------------------------------------------------------------------- gradient clipping
+
+
+def test_per_config_grad_clipping_equals_torch_clip_on_each_config_alone():
+    """Truth: torch.nn.utils.clip_grad_norm_ applied to configuration c's slices on their own."""
+    g = torch.Generator().manual_seed(0)
+    C = 4
+    shapes = [(C, 3, 2), (C, 3), (C, 5, 1)]
+    scales = torch.tensor([1e-3, 0.1, 1.0, 30.0], dtype=F64)  # some below max_norm, some above
+    params = []
+    for shape in shapes:
+        p = torch.zeros(shape, dtype=F64, requires_grad=True)
+        p.grad = torch.randn(shape, generator=g, dtype=F64) * scales.reshape(
+            -1, *[1] * (len(shape) - 1)
+        )
+        params.append(p)
+    max_norm = 0.5
+    alone = []  # C separate parameter lists, clipped by torch
+    norms_torch = []
+    for c in range(C):
+        ps = []
+        for p in params:
+            q = torch.zeros_like(p[c])
+            q.grad = p.grad[c].clone()
+            ps.append(q)
+        norms_torch.append(torch.nn.utils.clip_grad_norm_(ps, max_norm))
+        alone.append(ps)
+    norms = clip_grad_norm_per_config(params, max_norm)
+    torch.testing.assert_close(norms, torch.stack(norms_torch), rtol=1e-12, atol=0)
+    for c in range(C):
+        for p, q in zip(params, alone[c], strict=True):
+            torch.testing.assert_close(p.grad[c], q.grad, rtol=1e-12, atol=1e-15)
+    assert norms[0] < max_norm < norms[-1]  # both branches were exercised
+    # a single global norm would have shrunk the small configuration too: the coupling avoided
+    assert torch.equal(params[0].grad[0], alone[0][0].grad)
+
+
+# ----------------------------------------------------------------------------- critic
+
+
+def test_tabular_critic_on_a_fixed_policy_converges_to_exact_v_pi():
+    """Truth: V^pi = (I - gamma P_pi)^-1 r_pi (``state_values``, a linear solve).
+
+    The critic is trained with this module's own pieces (``episode_gae`` targets with lam = 0.95,
+    the clipped value term of ``ppo_loss``, Adam lr 0.02) on episodes of one fixed policy; the
+    policy table is a constant, so only the critic moves. Tabular TD(lam) has V^pi as its unique
+    fixed point, so the iterates hover around it with Monte Carlo noise of size ~lr; the
+    Polyak-Ruppert average of the last 75 of 150 iterates removes most of it. Tolerance 0.06 on
+    max_s |V - V^pi| (V^pi in [1.2, 1.6]; sampling seeds 0, 1, 2 give 0.023, 0.034, 0.037). The
+    last check shows the tolerance is tight enough to catch a wrong discount: the same estimate
+    fails it against V^pi for gamma 0.95 instead of 0.9.
+    """
+    mdp = garnet(num_states=5, num_actions=2, gamma=0.9, p_end=0.3, seed=1)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, mdp.num_states, mdp.num_actions, generator=g, dtype=F64)
+    logp_table = torch.log_softmax(logits, -1)  # (1, S, A), no gradient: the fixed policy
+    probs = logp_table.exp()
+    v_true = state_values(mdp, probs)[0]  # (S,)
+    live = ~mdp.terminal_mask
+    critic = TabularCritic(mdp.num_states, 1)
+    opt = make_optimizer("adam", critic.parameters(), 0.02)
+    lc = PRESETS.get("ppo")
+    eps = torch.tensor([0.2], dtype=F64)
+    K = 150
+    avg = torch.zeros_like(v_true)
+    for it in range(K):
+        ep, _ = sample_groups(mdp, probs, 32, 1, iteration_generators([0], it))
+        with torch.no_grad():
+            old_v = values_at(critic.values(), ep.states, ep.mask)
+            adv, ret = episode_gae(ep.rewards, old_v, ep.mask, mdp.gamma, 0.95)
+        old_logp = gather_logp(logp_table, ep.states, ep.actions)
+        for _ in range(2):
+            loss, _ = ppo_loss(
+                logp_table, critic.values(), ep.states, ep.actions, ep.mask, old_logp, adv,
+                old_v, ret, lc, eps, eps,
+            )  # fmt: skip
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+        if it >= K // 2:
+            avg += critic.values().detach()[0] / (K - K // 2)
+    tol = 0.06
+    err = (avg - v_true)[live].abs().max()
+    assert err < tol, f"max |V - V^pi| = {float(err):.4f}"
+    wrong_gamma = garnet(num_states=5, num_actions=2, gamma=0.95, p_end=0.3, seed=1)
+    assert (avg - state_values(wrong_gamma, probs)[0])[live].abs().max() > tol
+
+
+def test_explained_variance_hand_worked():
+    """Truth: hand-worked 1 - Var[R - V] / Var[R] (population variances) on three steps."""
+    ret = torch.tensor([[[1.0, 2.0, 3.0, 9.0]]], dtype=F64)
+    val = torch.tensor([[[1.0, 1.0, 1.0, 9.0]]], dtype=F64)
+    mask = torch.tensor([[[True, True, True, False]]])
+    # R - V = (0, 1, 2): Var = 2/3; Var[R] = 2/3 -> 0;  V = R -> 1
+    torch.testing.assert_close(explained_variance(ret, val, mask), torch.zeros(1, dtype=F64))
+    torch.testing.assert_close(explained_variance(ret, ret, mask), torch.ones(1, dtype=F64))
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_ppo_reaches_90_percent_of_j_star_on_a_bandit():
+    """Truth: J* = max_a mu_a (``optimal_return``). Budget: 15 iterations x 32 one-step episodes,
+    4 epochs x 2 minibatches (120 Adam steps, lr 0.05), two seeds as one batch."""
+    mdp = bandit(k=5, seed=0)  # Bernoulli arms, J* = 0.97, uniform J = 0.58
+    cfgs = [PPOConfig(iterations=15, minibatches=2, seed=s, audit=False) for s in (0, 1)]
+    rec = train_ppo(mdp, cfgs)
+    assert rec.status == ["ok", "ok"]
+    assert bool((rec.j_final >= 0.9 * rec.j_star).all()), (rec.j_final, rec.j_star)
+
+
+def test_ppo_improves_j_on_a_garnet_and_its_critic_tracks_v_pi():
+    """Truth: exact J(pi) and J* (linear solves) and exact V^{pi_old} for the critic error.
+    Budget: 15 iterations x 32 episodes, 4 epochs x 4 minibatches (240 Adam steps).
+    PPO must close at least half of the initial gap J* - J(uniform), and the critic's error at the
+    visited states must fall below a third of its initial value (the critic starts at 0)."""
+    mdp = garnet(num_states=6, num_actions=3, seed=0)
+    rec = train_ppo(mdp, PPOConfig(iterations=15, seed=0, audit=False))
+    it = rec.stacked("iter")
+    j0, j_star = float(it["J"][0, 0]), float(rec.j_star[0])
+    assert rec.status == ["ok"]
+    assert float(rec.j_final[0]) - j0 > 0.5 * (j_star - j0)
+    crit = it["critic_error"][0]
+    assert float(crit[-3:].mean()) < float(crit[0]) / 3
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _run_alone(mdp, cfgs):
+    return [train_ppo(mdp, c) for c in cfgs]
+
+
+def _assert_batch_equals_alone(batched, alone, tol=1e-10):
+    for where in ("step", "iter"):
+        b = batched.stacked(where)
+        for c, rec in enumerate(alone):
+            one = rec.stacked(where)
+            assert set(one) == set(b)
+            for k in b:
+                torch.testing.assert_close(b[k][c], one[k][0], rtol=tol, atol=tol, equal_nan=True)
+    for c, rec in enumerate(alone):
+        torch.testing.assert_close(batched.final_probs[c], rec.final_probs[0], rtol=tol, atol=tol)
+        torch.testing.assert_close(batched.j_final[c], rec.j_final[0], rtol=tol, atol=tol)
+        assert batched.status[c] == rec.status[0]
+        assert batched.diverged_at[c] == rec.diverged_at[0]
+
+
+@pytest.mark.parametrize("model", ["tabular", "mlp"])
+def test_batched_run_equals_one_config_runs(model):
+    """Truth: C one-config runs with the same seeds. The configurations differ in every batchable
+    field (lr, seed, eps_low, eps_high); per-config generators and per-config gradient clipping
+    (max_grad_norm 0.05 so that it binds) make the batch reproduce each run to 1e-10."""
+    mdp = garnet(num_states=5, num_actions=3, seed=2)
+    base = {"iterations": 2, "epochs": 2, "minibatches": 2, "num_episodes": 8, "policy": model,
+            "critic": model, "max_grad_norm": 0.05}  # fmt: skip
+    if model == "tabular":
+        base["init_std"] = 0.5  # a non-uniform start
+    cfgs = [
+        PPOConfig(**base, lr=0.05, seed=0),
+        PPOConfig(
+            **base, lr=0.2, seed=7, loss=PRESETS.get("ppo").model_copy(update={"eps_low": 0.1})
+        ),
+        PPOConfig(
+            **base,
+            lr=0.01,
+            seed=3,
+            loss=LossConfig(**{**PRESETS.get("ppo").model_dump(), "eps_high": 0.28}),
+        ),
+    ]
+    batched = train_ppo(mdp, cfgs)
+    _assert_batch_equals_alone(batched, _run_alone(mdp, cfgs))
+    assert batched.stacked("step")["grad_norm"].max() > 0.05  # clipping was active
+
+
+# ----------------------------------------------------------------------------- entropy sign
+
+
+def test_entropy_term_raises_the_entropy_by_the_first_order_amount():
+    """Truth: first-order Taylor expansion. With zero rewards (so A = 0: critic 0, GAE 0) and
+    c1 = 0, the loss is -c2 H(pi(.|s0)) and one SGD step of size eta changes the entropy by
+    eta c2 ||grad_theta H||^2 + O(eta^2) > 0 (the seed's +c2 H would lower it by as much)."""
+    mdp = bandit(k=4, kind="gaussian", means=[0.0, 0.0, 0.0, 0.0], reward_std=0.0)
+    c2, eta = 0.5, 0.05
+    loss = PRESETS.get("ppo").model_copy(update={"vf_coef": 0.0, "ent_coef": c2})
+    cfg = PPOConfig(
+        loss=loss, iterations=1, epochs=1, minibatches=1, num_episodes=8, optimizer="sgd",
+        lr=eta, max_grad_norm=None, init_std=1.0, seed=4,
+    )  # fmt: skip
+    rec = train_ppo(mdp, cfg)
+    pol = TabularSoftmaxPolicy(
+        mdp.num_states, mdp.num_actions, 1, init_std=1.0, seed=[4], dtype=F64
+    )
+    h0 = entropy_rows(pol.probs()[0, 0])
+    (grad,) = torch.autograd.grad(h0, pol.logits)
+    h1 = entropy_rows(rec.final_probs[0, 0])
+    predicted = eta * c2 * grad.pow(2).sum()
+    assert float(rec.step["pg_loss"][0]) == 0.0  # the policy term contributed nothing
+    assert h1 > h0
+    torch.testing.assert_close(h1 - h0, predicted, rtol=0.05, atol=0)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_configs_differing_in_a_non_batchable_field_are_refused_by_name():
+    mdp = bandit(k=3)
+    with pytest.raises(ValueError, match=r"lam"):
+        train_ppo(mdp, [PPOConfig(lam=0.9), PPOConfig(lam=0.95)])
+    loss = PRESETS.get("ppo").model_copy(update={"ent_coef": 0.0})
+    with pytest.raises(ValueError, match=r"loss\.ent_coef"):
+        train_ppo(mdp, [PPOConfig(), PPOConfig(loss=loss)])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"lr": -1.0}, "lr"),
+        ({"critic": "table"}, "critic"),
+        ({"policy": "linear"}, "policy"),
+        ({"loss": "grpo"}, "advantage"),
+        ({"num_episodes": 10, "minibatches": 4}, "minibatches"),
+        ({"lam": 1.5}, "lam"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        PPOConfig(**kwargs)
+
+
+def test_a_diverging_configuration_is_stopped_while_the_others_finish():
+    """Truth: the survivors equal their one-config runs (the diverging one cannot disturb them),
+    and an SGD lr of 1e200 overflows the squared value error within a few steps."""
+    mdp = bandit(k=3, seed=1)
+    base = {"iterations": 3, "epochs": 2, "minibatches": 2, "num_episodes": 8, "optimizer": "sgd"}
+    cfgs = [PPOConfig(**base, lr=0.5, seed=0), PPOConfig(**base, lr=1e200, seed=1),
+            PPOConfig(**base, lr=0.5, seed=2)]  # fmt: skip
+    rec = train_ppo(mdp, cfgs)
+    assert rec.status == ["ok", "diverged", "ok"]
+    assert isinstance(rec.diverged_at[1], int) and 0 <= rec.diverged_at[1] < 12
+    assert "non-finite" in rec.error[1]
+    losses = rec.stacked("step")["loss"]
+    assert bool(torch.isnan(losses[1, rec.diverged_at[1] :]).all())
+    assert bool(torch.isfinite(rec.j_final).all())
+    for c in (0, 2):
+        alone = train_ppo(mdp, cfgs[c])
+        torch.testing.assert_close(rec.final_probs[c], alone.final_probs[0], rtol=1e-10, atol=1e-10)
+    assert math.isfinite(float(exact_return(mdp, rec.final_probs[1])))
+
+
+def test_mlp_critic_values_shape_and_seeded_init():
+    """Truth: the construction itself: a (C, S) value table, the same weights for the same seed,
+    other weights for another seed."""
+    a = MLPCritic(4, 2, seed=[0, 1], hidden=8).values()
+    b = MLPCritic(4, 1, seed=[1], hidden=8).values()
+    assert a.shape == (2, 4)
+    torch.testing.assert_close(a[1], b[0])
+    assert not torch.allclose(a[0], a[1])

@@ -1,15 +1,24 @@
-"""The README's Python example runs as written (documentation that matches the code)."""
+"""The README's Python examples run as written (documentation that matches the code)."""
 
 import re
 from pathlib import Path
+
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_python_blocks_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
+    assert len(blocks) >= 2, "README lost its python examples"
+    namespaces = []
     for code in blocks:
         namespace: dict = {}
         exec(compile(code, str(README), "exec"), namespace)
-        assert "loss" in namespace and namespace["loss"].shape == ()
+        namespaces.append(namespace)
+    loss_example, lab_example = namespaces[0], namespaces[1]
+    assert loss_example["loss"].shape == ()
+    rec = lab_example["record"]
+    assert rec.status == ["ok"] * 4
+    assert (rec.j_final <= rec.j_star + 1e-9).all()
+    assert torch.isclose(lab_example["j_star"], rec.j_star[0])

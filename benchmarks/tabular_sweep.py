@@ -42,10 +42,12 @@ def main() -> None:
     ap.add_argument("--loop-sample", type=int, default=8)
     ap.add_argument("--no-audit", action="store_true", help="skip the exact per-step audit")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both paths)")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    mdp = make_env("garnet", num_states=16, num_actions=4, branching=2, seed=0)
+    dtype = getattr(torch, args.dtype)
+    mdp = make_env("garnet", num_states=16, num_actions=4, branching=2, seed=0, dtype=dtype)
     cfgs = grid(args.configs, args.updates, audit=not args.no_audit)
     train_grpo(mdp, grid(4, 2, True))  # warm-up: first-call costs are not the subject
 

@@ -140,3 +140,22 @@ def gae(
         next_adv = delta + gamma * lam * not_done[..., t] * next_adv
         adv[..., t] = next_adv
     return adv, adv + v[..., :t_len]
+
+
+def masked_gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """``gae`` on padded episodes: (advantages, returns A + V), 0 on padded steps.
+
+    Step t ends its episode when step t + 1 is padding (arrival at a terminal state, the horizon
+    or a length cap), so d_t = 1 there and nothing is bootstrapped across an episode's end (the
+    bootstrap value after the last step is 0: exact for terminal states and horizons, an
+    approximation for episodes cut by a cap). Shapes: rewards, values, mask (..., T) -> (..., T).
+    """
+    m = as_tensor("mask", mask).bool()
+    v = torch.where(m, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    v_ext = torch.cat([v, torch.zeros_like(v[..., :1])], dim=-1)  # (..., T + 1)
+    nxt = torch.cat([m[..., 1:], torch.zeros_like(m[..., :1])], dim=-1)  # next step is real
+    adv, ret = gae(rewards.to(v.dtype), v_ext, (~nxt).to(v.dtype), gamma, lam)
+    zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
+    return torch.where(m, adv, zero), torch.where(m, ret, zero)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo_lab.advantages import BASELINES, SCALES, gae, group_advantages
+from grpo_lab.advantages import BASELINES, SCALES, gae, group_advantages, masked_gae
 
 
 def test_group_advantages_hand_worked_mean_std():
@@ -132,3 +132,23 @@ def test_gae_lambda_zero_is_td_error_and_one_is_monte_carlo():
 def test_gae_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         gae(*args)
+
+
+def test_masked_gae_equals_gae_on_each_episode_alone():
+    # Truth: gae() on each episode's own steps with a zero bootstrap after its last step.
+    g = torch.Generator().manual_seed(4)
+    n, t = 5, 6
+    r = torch.randn(n, t, generator=g, dtype=torch.float64)
+    v = torch.randn(n, t, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([6, 1, 3, 0, 4])
+    mask = torch.arange(t) < lengths[:, None]
+    adv, ret = masked_gae(r, v, mask, 0.9, 0.8)
+    for i, n_i in enumerate(lengths.tolist()):
+        if n_i == 0:
+            assert (adv[i] == 0).all()
+            continue
+        v_ext = torch.cat([v[i, :n_i], torch.zeros(1, dtype=torch.float64)])
+        a_i, r_i = gae(r[i, :n_i], v_ext, torch.zeros(n_i), 0.9, 0.8)
+        torch.testing.assert_close(adv[i, :n_i], a_i)
+        torch.testing.assert_close(ret[i, :n_i], r_i)
+        assert (adv[i, n_i:] == 0).all() and (ret[i, n_i:] == 0).all()

@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 
+from grpo_lab.advantages import masked_gae
 from grpo_lab.algorithms.common import gather_logp, iteration_generators
 from grpo_lab.algorithms.ppo import (
     MLPCritic,
     PPOConfig,
     TabularCritic,
     clip_grad_norm_per_config,
-    episode_gae,
     explained_variance,
     ppo_loss,
     train_ppo,
@@ -78,7 +78,7 @@ def test_per_config_grad_clipping_equals_torch_clip_on_each_config_alone():
 def test_tabular_critic_on_a_fixed_policy_converges_to_exact_v_pi():
     """Truth: V^pi = (I - gamma P_pi)^-1 r_pi (``state_values``, a linear solve).
 
-    The critic is trained with this module's own pieces (``episode_gae`` targets with lam = 0.95,
+    The critic is trained with this module's own pieces (``masked_gae`` targets with lam = 0.95,
     the clipped value term of ``ppo_loss``, Adam lr 0.05, one step per batch of 256 episodes) on
     one fixed policy; the policy table is a constant, so only the critic moves. Tabular TD(lam) has
     V^pi as its unique fixed point, so the iterates hover around it with Monte Carlo noise; the
@@ -105,7 +105,7 @@ def test_tabular_critic_on_a_fixed_policy_converges_to_exact_v_pi():
         ep, _ = sample_groups(mdp, probs, 256, 1, iteration_generators([0], it))
         with torch.no_grad():
             old_v = values_at(critic.values(), ep.states, ep.mask)
-            adv, ret = episode_gae(ep.rewards, old_v, ep.mask, mdp.gamma, 0.95)
+            adv, ret = masked_gae(ep.rewards, old_v, ep.mask, mdp.gamma, 0.95)
         old_logp = gather_logp(logp_table, ep.states, ep.actions)
         loss, _ = ppo_loss(
             logp_table, critic.values(), ep.states, ep.actions, ep.mask, old_logp, adv, old_v,

@@ -15,10 +15,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from grpo_lab.advantages import masked_gae
 from grpo_lab.algorithms.trpo import (
     TRPOConfig,
     _fit_critic,
-    _gae_advantages,
     conjugate_gradient,
     fisher_vector_product,
     flatten,
@@ -171,7 +171,8 @@ def test_gae_with_lambda_one_and_zero_critic_is_the_sampled_return():
     probs = softmax_policy(torch.zeros(2, mdp.num_states, mdp.num_actions, dtype=F64))
     ep, _ = sample_groups(mdp, probs, 4, 3, gens)
     V = torch.zeros(2, mdp.num_states, dtype=F64)
-    adv, ret = _gae_advantages(V, ep.states, ep.rewards, ep.mask, mdp.gamma, 1.0)
+    values = V.gather(1, ep.states.reshape(V.shape[0], -1)).reshape(ep.states.shape)
+    adv, ret = masked_gae(ep.rewards, values, ep.mask, mdp.gamma, 1.0)
     assert torch.allclose(adv[..., 0], ep.returns, atol=1e-12)
     assert torch.equal(adv, ret)
 

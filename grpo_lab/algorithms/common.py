@@ -3,9 +3,11 @@ the actions taken from a policy table, and the run record with its divergence bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import BaseModel
 
 Tensor = torch.Tensor
 
@@ -44,6 +46,32 @@ def iteration_generators(
     return [
         torch.Generator(device=device).manual_seed(derive_seed(s, iteration, stream)) for s in seeds
     ]
+
+
+def _dotted(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_batchable(configs: Sequence[BaseModel], batchable: Sequence[str]) -> None:
+    """Raise unless the configurations differ only in the ``batchable`` fields (dotted names such
+    as ``loss.eps_low``): the rest fixes shapes or code paths and must be shared by one batch."""
+    if not configs:
+        raise ValueError("configs is empty")
+    first = {k: v for k, v in _dotted(configs[0].model_dump()).items() if k not in batchable}
+    for i, c in enumerate(configs[1:], start=1):
+        other = _dotted(c.model_dump())
+        diff = sorted(k for k in first if first[k] != other.get(k))
+        if diff:
+            raise ValueError(
+                f"configs[0] and configs[{i}] differ in {diff}; one batched run may differ only "
+                f"in {list(batchable)} (run the others as separate batches)"
+            )
 
 
 def gather_logp(table: Tensor, states: Tensor, actions: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.common import (
     RunRecord,
+    check_batchable,
     gather_logp,
     group_permutations,
     iteration_generators,
@@ -48,11 +49,10 @@ from grpo_lab.losses import (
     ratio_metrics,
 )
 from grpo_lab.optim import OPTIMIZERS, make_optimizer
-from grpo_lab.policies.tabular import MLPPolicy, TabularSoftmaxPolicy
+from grpo_lab.policies.tabular import POLICIES
 
 Tensor = torch.Tensor
 
-POLICIES = {"tabular": TabularSoftmaxPolicy, "mlp": MLPPolicy}
 # fields that may differ across the C configurations of one batched run
 BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high")
 
@@ -89,9 +89,7 @@ class GRPOConfig(BaseModel):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; choose one of {sorted(POLICIES)}")
-        return v
+        return POLICIES.check(v)
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
@@ -104,28 +102,6 @@ class GRPOConfig(BaseModel):
                 f"GRPO needs loss.advantage='group' (no critic), got {self.loss.advantage!r}"
             )
         return self
-
-
-def _get(cfg: BaseModel, dotted: str) -> object:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _shared_fields(configs: Sequence[GRPOConfig]) -> None:
-    """Raise unless the configurations differ only in ``BATCHABLE`` fields."""
-    strip = {"lr": True, "seed": True, "loss": {"eps_low": True, "eps_high": True}}
-    first = configs[0].model_dump(exclude=strip)
-    for i, c in enumerate(configs[1:], start=1):
-        other = c.model_dump(exclude=strip)
-        if other != first:
-            diff = sorted(
-                k for k in first if first[k] != other[k] and not isinstance(first[k], dict)
-            ) + sorted(f"loss.{k}" for k in first["loss"] if first["loss"][k] != other["loss"][k])
-            raise ValueError(
-                f"configs[0] and configs[{i}] differ in {diff}; one batched run may differ only "
-                f"in {list(BATCHABLE)} (run the others as separate batches)"
-            )
 
 
 def grpo_loss(
@@ -215,7 +191,7 @@ class GRPOTrainer:
         configs = [configs] if isinstance(configs, GRPOConfig) else list(configs)
         if not configs:
             raise ValueError("configs is empty")
-        _shared_fields(configs)
+        check_batchable(configs, BATCHABLE)
         self.configs, self.cfg, self.C = configs, configs[0], len(configs)
         C, cfg = self.C, self.cfg
         if mdp.is_batched and mdp.P.shape[0] != C:
@@ -230,7 +206,9 @@ class GRPOTrainer:
         self.eps_high = torch.tensor([c.loss.eps_high for c in configs], dtype=dt, device=device)
         if policy is None:
             kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
-            policy = POLICIES[cfg.policy](S, A, C, seed=self.seeds, dtype=dt, device=device, **kw)
+            policy = POLICIES.get(cfg.policy)(
+                S, A, C, seed=self.seeds, dtype=dt, device=device, **kw
+            )
         self.policy = policy
         if tuple(self.table().shape) != (C, S, A):
             raise ValueError(

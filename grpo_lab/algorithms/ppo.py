@@ -55,9 +55,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
-from grpo_lab.advantages import gae
+from grpo_lab.advantages import masked_gae
 from grpo_lab.algorithms.common import (
     RunRecord,
+    check_batchable,
     gather_logp,
     group_permutations,
     iteration_generators,
@@ -80,7 +81,7 @@ from grpo_lab.losses import (
     value_loss,
 )
 from grpo_lab.optim import OPTIMIZERS, make_optimizer
-from grpo_lab.policies.tabular import MLPPolicy, TabularSoftmaxPolicy
+from grpo_lab.policies.tabular import POLICIES
 
 Tensor = torch.Tensor
 
@@ -165,7 +166,6 @@ class MLPCritic(nn.Module):
         return (h @ self.w2).squeeze(-1) + self.b2  # (C, S)
 
 
-POLICIES = {"tabular": TabularSoftmaxPolicy, "mlp": MLPPolicy}
 CRITICS = {"tabular": TabularCritic, "mlp": MLPCritic}
 
 
@@ -208,9 +208,7 @@ class PPOConfig(BaseModel):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; choose one of {sorted(POLICIES)}")
-        return v
+        return POLICIES.check(v)
 
     @field_validator("critic")
     @classmethod
@@ -234,22 +232,6 @@ class PPOConfig(BaseModel):
                 f"PPO here has no reference-KL term: loss.beta must be 0, got {self.loss.beta!r}"
             )
         return self
-
-
-def _shared_fields(configs: Sequence[PPOConfig]) -> None:
-    """Raise unless the configurations differ only in ``BATCHABLE`` fields."""
-    strip = {"lr": True, "seed": True, "loss": {"eps_low": True, "eps_high": True}}
-    first = configs[0].model_dump(exclude=strip)
-    for i, c in enumerate(configs[1:], start=1):
-        other = c.model_dump(exclude=strip)
-        if other != first:
-            diff = sorted(
-                k for k in first if first[k] != other[k] and not isinstance(first[k], dict)
-            ) + sorted(f"loss.{k}" for k in first["loss"] if first["loss"][k] != other["loss"][k])
-            raise ValueError(
-                f"configs[0] and configs[{i}] differ in {diff}; one batched run may differ only "
-                f"in {list(BATCHABLE)} (run the others as separate batches)"
-            )
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -283,23 +265,6 @@ def values_at(v_table: Tensor, states: Tensor, mask: Tensor) -> Tensor:
     C = v_table.shape[0]
     v = v_table.gather(1, states.reshape(C, -1)).reshape(states.shape)  # (C, N, T)
     return torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device))
-
-
-def episode_gae(
-    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
-    """GAE advantages and returns R = A + V of padded episodes (module docstring, step 2).
-
-    The bootstrap after the last step of each episode is 0 (d_t = 1 there and on padding).
-    Shapes: rewards, values, mask (C, N, T) -> (A, R), each (C, N, T), 0 on padded steps.
-    """
-    done = torch.ones_like(mask)
-    done[..., :-1] = ~mask[..., 1:]  # (C, N, T) step t is the last of its episode
-    v = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
-    v_ext = torch.cat([v, torch.zeros_like(v[..., :1])], dim=-1)  # (C, N, T + 1)
-    adv, ret = gae(rewards, v_ext, done.to(rewards.dtype), gamma, lam)
-    zero = torch.zeros((), dtype=adv.dtype, device=adv.device)
-    return torch.where(mask, adv, zero), torch.where(mask, ret, zero)
 
 
 def explained_variance(returns: Tensor, values: Tensor, mask: Tensor) -> Tensor:
@@ -439,7 +404,7 @@ def train_ppo(
     configs = [configs] if isinstance(configs, PPOConfig) else list(configs)
     if not configs:
         raise ValueError("configs is empty")
-    _shared_fields(configs)
+    check_batchable(configs, BATCHABLE)
     cfg = configs[0]
     C = len(configs)
     if mdp.is_batched and mdp.P.shape[0] != C:
@@ -452,7 +417,7 @@ def train_ppo(
     eps_low = torch.tensor([c.loss.eps_low for c in configs], dtype=dt, device=device)
     eps_high = torch.tensor([c.loss.eps_high for c in configs], dtype=dt, device=device)
     kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
-    policy = POLICIES[cfg.policy](S, A, C, seed=seeds, dtype=dt, device=device, **kw)
+    policy = POLICIES.get(cfg.policy)(S, A, C, seed=seeds, dtype=dt, device=device, **kw)
     critic = CRITICS[cfg.critic](S, C, seed=seeds, dtype=dt, device=device)
     params = [*policy.parameters(), *critic.parameters()]
     opt = make_optimizer(cfg.optimizer, params, lr)
@@ -478,7 +443,7 @@ def train_ppo(
         with torch.no_grad():
             v_table_old = critic.values()  # (C, S)
             old_values = values_at(v_table_old, ep.states, mask)  # (C, N, T)
-            adv, returns = episode_gae(ep.rewards, old_values, mask, gamma_gae, cfg.lam)
+            adv, returns = masked_gae(ep.rewards, old_values, mask, gamma_gae, cfg.lam)
             v_true = state_values(mdp, probs_old)  # (C, S) exact V^{pi_old}
             visited = torch.zeros(C, S, dtype=dt, device=device)
             visited.scatter_(1, ep.states.reshape(C, -1), mask.reshape(C, -1).to(dt))

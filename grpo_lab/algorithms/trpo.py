@@ -58,8 +58,13 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from grpo_lab.advantages import BASELINES, SCALES, gae, group_advantages
-from grpo_lab.algorithms.common import RunRecord, gather_logp, iteration_generators
+from grpo_lab.advantages import BASELINES, SCALES, group_advantages, masked_gae
+from grpo_lab.algorithms.common import (
+    RunRecord,
+    check_batchable,
+    gather_logp,
+    iteration_generators,
+)
 from grpo_lab.envs.tabular import (
     TabularMDP,
     exact_return,
@@ -69,7 +74,7 @@ from grpo_lab.envs.tabular import (
 )
 from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
 from grpo_lab.optim import make_optimizer
-from grpo_lab.policies.tabular import MLPPolicy, TabularSoftmaxPolicy
+from grpo_lab.policies.tabular import POLICIES
 
 Tensor = torch.Tensor
 
@@ -88,7 +93,6 @@ __all__ = [
     "unflatten",
 ]
 
-POLICIES = {"tabular": TabularSoftmaxPolicy, "mlp": MLPPolicy}
 ADVANTAGES = ("gae", "group")
 KL_CONSTRAINTS = ("sample", "exact")
 # fields that may differ across the C configurations of one batched run
@@ -158,9 +162,7 @@ class TRPOConfig(BaseModel):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; choose one of {sorted(POLICIES)}")
-        return v
+        return POLICIES.check(v)
 
     @model_validator(mode="after")
     def _check(self) -> TRPOConfig:
@@ -170,19 +172,6 @@ class TRPOConfig(BaseModel):
                 "no relative advantage; use group_size >= 2 or advantage='gae'"
             )
         return self
-
-
-def _shared_fields(configs: Sequence[TRPOConfig]) -> None:
-    """Raise unless the configurations differ only in ``BATCHABLE`` fields."""
-    first = configs[0].model_dump(exclude=set(BATCHABLE))
-    for i, c in enumerate(configs[1:], start=1):
-        other = c.model_dump(exclude=set(BATCHABLE))
-        diff = sorted(k for k in first if first[k] != other[k])
-        if diff:
-            raise ValueError(
-                f"configs[0] and configs[{i}] differ in {diff}; one batched run may differ only "
-                f"in {list(BATCHABLE)} (run the others as separate batches)"
-            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,26 +330,6 @@ def conjugate_gradient(
 # Advantages
 
 
-def _gae_advantages(
-    V: Tensor, ep_states: Tensor, rewards: Tensor, mask: Tensor, gamma: float, lam: float
-) -> tuple[Tensor, Tensor]:
-    """GAE (arXiv 1506.02438 eq. 16) from a tabular critic V (C, S) on padded episodes.
-
-    values_t = V(s_t) on real steps, 0 on padding; done_t = 1 when step t + 1 is not a real step
-    (arrival at a terminal state, the horizon, or the max_steps cap), so no value is bootstrapped
-    across an episode's end. Shapes: V (C, S); ep_states, rewards, mask (C, N, T) ->
-    (advantages (C, N, T), lambda-returns (C, N, T)), both 0 on padding.
-    """
-    C, N, T = ep_states.shape
-    m = mask.to(V.dtype)
-    v = V.gather(1, ep_states.reshape(C, -1)).reshape(C, N, T) * m  # (C, N, T)
-    values = torch.cat([v, torch.zeros(C, N, 1, dtype=v.dtype, device=v.device)], -1)  # T + 1
-    nxt = torch.cat([mask[..., 1:], torch.zeros_like(mask[..., :1])], -1)  # (C, N, T)
-    dones = (~nxt).to(V.dtype)
-    adv, ret = gae(rewards.to(V.dtype), values, dones, gamma, lam)
-    return adv * m, ret * m
-
-
 def _fit_critic(
     V: Tensor,
     opt: torch.optim.Optimizer,
@@ -428,7 +397,7 @@ def train_trpo(
     configs = [configs] if isinstance(configs, TRPOConfig) else list(configs)
     if not configs:
         raise ValueError("configs is empty")
-    _shared_fields(configs)
+    check_batchable(configs, BATCHABLE)
     cfg = configs[0]
     C = len(configs)
     if mdp.is_batched and mdp.P.shape[0] != C:
@@ -439,7 +408,7 @@ def train_trpo(
     delta = torch.tensor([c.delta for c in configs], dtype=dt, device=device)  # (C,)
     vf_lr = torch.tensor([c.vf_lr for c in configs], dtype=dt, device=device)  # (C,)
     kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
-    policy = POLICIES[cfg.policy](S, A, C, seed=seeds, dtype=dt, device=device, **kw)
+    policy = POLICIES.get(cfg.policy)(S, A, C, seed=seeds, dtype=dt, device=device, **kw)
     params = list(policy.parameters())
     use_gae = cfg.advantage == "gae"
     gamma_gae = mdp.gamma if cfg.gamma_gae is None else cfg.gamma_gae
@@ -478,7 +447,8 @@ def train_trpo(
             finite_v = torch.isfinite(V.detach()).all(-1)  # (C,)
             diverge(finite_v, step, "non-finite critic values")
             v_in = torch.where(finite_v.unsqueeze(-1), V.detach(), 0.0)
-            adv, vf_target = _gae_advantages(v_in, ep.states, ep.rewards, mask, gamma_gae, cfg.lam)
+            values = v_in.gather(1, ep.states.reshape(C, -1)).reshape(ep.states.shape)  # (C, N, T)
+            adv, vf_target = masked_gae(ep.rewards, values, mask, gamma_gae, cfg.lam)
         else:
             adv = group_advantages(
                 returns.reshape(-1), G, baseline=cfg.adv_baseline, scale=cfg.adv_scale

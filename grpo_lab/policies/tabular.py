@@ -20,6 +20,8 @@ import math
 import torch
 from torch import nn
 
+from grpo_lab.registry import Registry
+
 Tensor = torch.Tensor
 
 
@@ -141,3 +143,9 @@ def frozen(policy: nn.Module) -> nn.Module:
     twin = copy.deepcopy(policy)
     twin.requires_grad_(False)
     return twin
+
+
+# policy classes by name: a protocol's "policy" field
+POLICIES: Registry[type[nn.Module]] = Registry("policy")
+POLICIES.add("tabular", TabularSoftmaxPolicy)
+POLICIES.add("mlp", MLPPolicy)

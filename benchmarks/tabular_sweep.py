@@ -67,7 +67,8 @@ def main() -> None:
 
     print(
         f"Garnet S=16 (+1 terminal) A=4, {len(cfgs)} configs x {args.updates} updates, "
-        f"audit={'off' if args.no_audit else 'on'}, torch threads={torch.get_num_threads()}"
+        f"audit={'off' if args.no_audit else 'on'}, {args.dtype}, "
+        f"torch threads={torch.get_num_threads()}"
     )
     print(f"batched: {t_batched:8.2f} s for all {len(cfgs)} runs")
     print(f"looped : {t_looped:8.2f} s for all {len(cfgs)} runs{est}; {t_loop_each:.3f} s per run")

@@ -104,6 +104,43 @@ class GRPOConfig(BaseModel):
         return self
 
 
+def _ratio_logp(
+    logp: Tensor, old_logp: Tensor, ep: PackedEpisodes, mask: Tensor, level: str
+) -> Tensor:
+    """The log-probability whose ratio to old_logp the loss clips: logp itself ("token"), or
+    log pi_old + log s_i with GSPO's s_i = exp(mean over episode i of log r) ("sequence",
+    arXiv 2507.18071 eq. 5). Shapes: (C, K) -> (C, K)."""
+    if level == "token":
+        return logp
+    log_r = torch.where(mask, logp - old_logp, torch.zeros((), dtype=logp.dtype))
+    seq = torch.zeros(ep.lengths.shape, dtype=logp.dtype).scatter_add(1, ep.episode, log_r)
+    seq_mean = seq / ep.lengths.clamp_min(1).to(logp.dtype)  # (C, N)
+    return old_logp + seq_mean.gather(1, ep.episode)
+
+
+def _packed_ratio_metrics(
+    logp: Tensor,
+    old_logp: Tensor,
+    ratio: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    el: Tensor,
+    eh: Tensor,
+    dual_clip: float | None,
+) -> dict[str, Tensor]:
+    """``ratio_metrics`` on packed rows (C, K), each row one pseudo-sequence -> (C,) each."""
+    return ratio_metrics(
+        logp.unsqueeze(1),
+        old_logp.unsqueeze(1),
+        ratio.unsqueeze(1),
+        adv.unsqueeze(1),
+        mask.unsqueeze(1),
+        el.unsqueeze(-1),
+        eh.unsqueeze(-1),
+        dual_clip,
+    )
+
+
 def grpo_loss(
     logp_table: Tensor,
     ep: PackedEpisodes,
@@ -131,13 +168,7 @@ def grpo_loss(
     logp = gather_logp(logp_table, ep.states, ep.actions)  # (C, K)
     a = adv.gather(1, ep.episode)  # (C, K)
     el, eh = eps_low.reshape(-1, 1), eps_high.reshape(-1, 1)
-    if c.ratio_level == "sequence":  # GSPO: s_i = exp(mean over episode i of log r)
-        log_r = torch.where(mask, logp - old_logp, torch.zeros((), dtype=dt))
-        seq = torch.zeros_like(adv).scatter_add(1, ep.episode, log_r)  # (C, N)
-        seq_mean = seq / ep.lengths.clamp_min(1).to(dt)
-        logp_eff = old_logp + seq_mean.gather(1, ep.episode)  # log pi_old + log s_i
-    else:
-        logp_eff = logp
+    logp_eff = _ratio_logp(logp, old_logp, ep, mask, c.ratio_level)
     per_tok, ratio = clipped_surrogate(logp_eff, old_logp, a, mask, el, eh, c.dual_clip)
     seq_len = torch.zeros_like(ep.lengths).scatter_add(1, ep.episode, mask.long())  # (C, N)
     w = aggregation_weights(
@@ -150,16 +181,8 @@ def grpo_loss(
         dtype=dt,
     )  # (C, K)
     loss = (w * per_tok).sum(-1)  # (C,)
-    metrics = ratio_metrics(
-        logp.unsqueeze(1),
-        old_logp.unsqueeze(1),
-        ratio.unsqueeze(1),
-        a.unsqueeze(1),
-        mask.unsqueeze(1),
-        el.unsqueeze(-1),
-        eh.unsqueeze(-1),
-        c.dual_clip,
-    )
+    pre = _packed_ratio_metrics(logp, old_logp, ratio, a, mask, el, eh, c.dual_clip)
+    metrics = {"grad_clip_frac": pre["clip_frac"], "grad_dual_clip_frac": pre["dual_clip_frac"]}
     metrics["pg_loss"] = loss.detach()
     if c.beta > 0:
         ref_logp = gather_logp(ref_table, ep.states, ep.actions)
@@ -306,7 +329,19 @@ class GRPOTrainer:
                     for p, b in zip(params, backup, strict=True):
                         keep = self.alive.reshape(-1, *([1] * (p.dim() - 1)))
                         p.copy_(torch.where(keep, p, b))
-                # 4. instrumentation against pi_old
+                # 4. instrumentation against pi_old: the minibatch's ratios after the step ...
+                with torch.no_grad():
+                    el, eh = self.eps_low.reshape(-1, 1), self.eps_high.reshape(-1, 1)
+                    logp_new = gather_logp(self.table(), ep.states, ep.actions)  # (C, K)
+                    log_r = _ratio_logp(logp_new, old_logp, ep, mask, lc.ratio_level) - old_logp
+                    ratio = torch.exp(torch.where(mask, log_r, 0.0))  # (C, K)
+                    a_tok = adv.gather(1, ep.episode)
+                    metrics.update(
+                        _packed_ratio_metrics(
+                            logp_new, old_logp, ratio, a_tok, mask, el, eh, lc.dual_clip
+                        )
+                    )
+                # ... and exactly over every visited (s, a)
                 if cfg.audit:
                     probs_new = self.table().detach().exp()
                     el, eh = self.eps_low, self.eps_high

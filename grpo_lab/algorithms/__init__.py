@@ -1,1 +1,32 @@
-"""Algorithms built from the loss functions: GRPO (grpo.py), PPO (ppo.py), TRPO (trpo.py)."""
+"""Algorithms built from the loss functions: GRPO (grpo.py), PPO (ppo.py), TRPO (trpo.py).
+
+``ALGORITHMS`` names each one for protocols: its config model, its batched trainer
+``train(mdp, configs) -> RunRecord`` and the config fields one batched run may vary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from grpo_lab.algorithms import grpo, ppo, trpo
+from grpo_lab.algorithms.common import RunRecord
+from grpo_lab.envs.tabular import TabularMDP
+from grpo_lab.registry import Registry
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What a sweep needs to know of an algorithm."""
+
+    config: type[BaseModel]
+    train: Callable[[TabularMDP, Sequence[BaseModel]], RunRecord]
+    batchable: tuple[str, ...]
+
+
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
+ALGORITHMS.add("grpo", Algorithm(grpo.GRPOConfig, grpo.train_grpo, grpo.BATCHABLE))
+ALGORITHMS.add("ppo", Algorithm(ppo.PPOConfig, ppo.train_ppo, ppo.BATCHABLE))
+ALGORITHMS.add("trpo", Algorithm(trpo.TRPOConfig, trpo.train_trpo, trpo.BATCHABLE))

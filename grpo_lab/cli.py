@@ -1,11 +1,20 @@
 """The ``grpo-lab`` command line.
 
-grpo-lab --help          what the toolkit does
-grpo-lab presets         the named loss recipes and their settings
-grpo-lab demo            a tiny loss demo: every preset on one batch, then a ratio audit
+    grpo-lab --help          what the toolkit does
+    grpo-lab list            the protocols and the claims they test
+    grpo-lab check P         validate a protocol file (schema and every resolved run; nothing runs)
+    grpo-lab run [P...]      run protocols (default: all of protocols/), store runs, write verdicts
+    grpo-lab report DIR      the verdict table of a results directory (report.md)
+    grpo-lab presets         the named loss recipes and their settings
+    grpo-lab demo            a tiny loss demo: every preset on one batch, then a ratio audit
+
+User errors (a bad protocol, an unknown name, a missing directory) print a message and exit 2.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 import typer
@@ -15,6 +24,8 @@ from rich.table import Table
 from grpo_lab import __version__
 from grpo_lab.advantages import group_advantages
 from grpo_lab.losses import PRESETS, LossConfig, policy_loss, preset, total_loss
+from grpo_lab.protocols import BUDGETS, Protocol, ProtocolError, find_protocols, load_protocol
+from grpo_lab.report import write_report
 
 app = typer.Typer(
     help="grpo_lab: test the claims of GRPO, PPO and TRPO theory by experiment.",
@@ -123,3 +134,111 @@ def demo(seed: int = typer.Option(0, help="Seed of the demo batch.")) -> None:
         f"max r = {r_max:.3f}, min r = {r_min:.3f} over all actions; the seed's bound "
         f"|r - 1| <= eps {'holds' if holds else 'is violated'} here."
     )
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}")
+    return typer.Exit(code=2)
+
+
+def _protocol(name_or_path: str) -> Protocol:
+    """A protocol by name (one of protocols/*.toml) or by path to a TOML file."""
+    if name_or_path.endswith(".toml") or Path(name_or_path).is_file():
+        return load_protocol(name_or_path)
+    known = find_protocols()
+    if name_or_path not in known:
+        raise ProtocolError(f"unknown protocol {name_or_path!r}; choose one of {sorted(known)}")
+    return load_protocol(known[name_or_path])
+
+
+def _parse_set(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ProtocolError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@app.command("list")
+def list_protocols() -> None:
+    """List the protocols of protocols/ with the seed's claim each one tests."""
+    table = Table(title="protocols")
+    for col in ("protocol", "algorithms", "verdict rule", "claim"):
+        table.add_column(col)
+    for name, path in find_protocols().items():
+        p = load_protocol(path)
+        algos = ", ".join(a.label or a.name for a in p.algorithms)
+        table.add_row(name, algos, p.verdict.rule, p.claim)
+    console.print(table)
+
+
+@app.command()
+def check(protocol: str = typer.Argument(..., help="Protocol name or TOML file.")) -> None:
+    """Validate a protocol (schema and every resolved run of both budgets); nothing runs."""
+    try:
+        p = _protocol(protocol)
+    except ProtocolError as e:
+        raise _fail(str(e)) from None
+    from grpo_lab.protocols import expand
+
+    sizes = ", ".join(f"{b}: {len(expand(p, b))} runs" for b in BUDGETS)
+    console.print(f"[green]ok[/] {p.name}: {sizes}")
+
+
+@app.command()
+def run(
+    protocols: list[str] = typer.Argument(None, help="Protocol names or files (default: all)."),
+    quick: bool = typer.Option(False, "--quick", help="Use each protocol's quick budget."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results directory."),
+    backend: str = typer.Option("local", "--backend", help="Where runs execute: local."),
+    workers: int = typer.Option(1, "--workers", help="Processes for the local backend."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config field for every run: key=value (JSON value)."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", help="Most runs per batched program."),
+) -> None:
+    """Run protocols (resuming completed runs), write verdicts and the report."""
+    from grpo_lab.sweep import run_protocol
+
+    try:
+        names = protocols or list(find_protocols())
+        loaded = [_protocol(n) for n in names]
+        overrides = _parse_set(set_)
+        budget = "quick" if quick else "full"
+        for p in loaded:  # every override must resolve for every protocol before anything runs
+            from grpo_lab.protocols import expand
+
+            expand(p, budget, overrides)
+    except (ProtocolError, ValueError) as e:
+        raise _fail(str(e)) from None
+    results = []
+    for p in loaded:
+        try:
+            r = run_protocol(
+                p, out, budget=budget, overrides=overrides, backend=backend, workers=workers,
+                batch_size=batch_size,
+            )  # fmt: skip
+        except ValueError as e:
+            raise _fail(str(e)) from None
+        results.append(r)
+        console.print(
+            f"{p.name}: [bold]{r.verdict.status}[/] ({r.ran} runs now, {r.skipped} resumed) "
+            f"- {r.verdict.summary}"
+        )
+    path = write_report(out)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def report(out: Path = typer.Argument(..., help="Results directory of `grpo-lab run`.")) -> None:
+    """Write DIR/report.md from the verdicts stored under DIR and print the verdict table."""
+    try:
+        path = write_report(out)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    console.print(path.read_text())

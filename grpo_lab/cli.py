@@ -242,3 +242,7 @@ def report(out: Path = typer.Argument(..., help="Results directory of `grpo-lab 
     except ValueError as e:
         raise _fail(str(e)) from None
     console.print(path.read_text())
+
+
+if __name__ == "__main__":  # python -m grpo_lab.cli
+    app()

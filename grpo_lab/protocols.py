@@ -290,7 +290,7 @@ def _universal(
     refutes it; none in n steps bounds the violation rate (95% Clopper-Pearson)."""
     n = int(bad.notna().sum())
     k = int(bad.fillna(False).sum())
-    runs_with = int(steps.loc[bad.fillna(False), "run_id"].nunique()) if k else 0
+    runs_with = int(steps.loc[bad.fillna(False).astype(bool), "run_id"].nunique()) if k else 0
     evidence = {
         "steps": n,
         "violating_steps": k,
@@ -325,7 +325,7 @@ def _ratio_bound(steps: pd.DataFrame, params: dict[str, Any]) -> tuple[str, str,
     hi = 1.0 + steps["cfg.loss.eps_high"]
     over = steps["exact_ratio_max"] - hi
     under = lo - steps["exact_ratio_min"]
-    bad = (over > tol) | (under > tol)
+    bad = ((over > tol) | (under > tol)).astype("boolean")
     bad[steps["exact_ratio_max"].isna()] = pd.NA
     excess = float(pd.concat([over, under]).max())
     worst = f"largest excursion beyond the clip range: {excess:.3g}"
@@ -343,7 +343,7 @@ def _trpo_bound(steps: pd.DataFrame, params: dict[str, Any]) -> tuple[str, str, 
     every step (``bound_slack >= 0``); its slack is reported relative to |true gain|."""
     tol = float(params.get("tol", 1e-9))
     slack = steps["bound_slack"]
-    bad = slack < -tol
+    bad = (slack < -tol).astype("boolean")
     bad[slack.isna()] = pd.NA
     worst = f"min slack {slack.min():.3g}, median slack {slack.median():.3g}"
     status, summary, ev = _universal(steps, bad, "the Theorem 1 lower bound", worst)
@@ -361,7 +361,7 @@ def _surrogate_bound(
     exact clipped objective's gain <= the true gain J(new) - J(old) at every step?"""
     tol = float(params.get("tol", 1e-9))
     gap = steps["clipped_gain"] - steps["true_gain"]
-    bad = gap > tol
+    bad = (gap > tol).astype("boolean")
     bad[gap.isna()] = pd.NA
     worst = f"largest overestimate of the true gain: {gap.max():.3g}"
     status, summary, ev = _universal(steps, bad, "clipped gain <= true gain", worst)

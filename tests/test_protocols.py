@@ -1,0 +1,159 @@
+"""Tests of grpo_lab/protocols.py: schema errors name the field path, grid expansion, and every
+verdict rule on synthetic data where the answer is known both ways."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from grpo_lab.protocols import (
+    VERDICTS,
+    ProtocolError,
+    _upper_rate_bound,
+    expand,
+    find_protocols,
+    load_protocol,
+)
+
+GOOD = """
+name = "tiny"
+claim = "a claim"
+[env]
+name = "bandit"
+kwargs = { k = 3, seed = 0 }
+[[algorithms]]
+name = "grpo"
+config = { loss = "dapo" }
+[grid]
+"loss.eps_low" = [0.1, 0.2]
+seed = [0, 1, 2]
+[budget.quick]
+iterations = 2
+[budget.full]
+iterations = 10
+[verdict]
+rule = "ratio-bound"
+"""
+
+
+def _write(tmp_path, text, name="p.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_protocols_load_and_expand():
+    found = find_protocols()
+    assert {"ratio-bound", "trpo-bound", "surrogate-bound"} <= set(found)
+    for path in found.values():
+        p = load_protocol(path)
+        assert p.claim and expand(p, "quick") and expand(p, "full")
+
+
+def test_expand_is_the_grid_product_with_budget_and_overrides(tmp_path):
+    p = load_protocol(_write(tmp_path, GOOD))
+    runs = expand(p, "quick")
+    assert len(runs) == 6
+    assert {(r.config.loss.eps_low, r.config.seed) for r in runs} == {
+        (e, s) for e in (0.1, 0.2) for s in (0, 1, 2)
+    }
+    assert all(r.config.iterations == 2 for r in runs)
+    assert all(r.config.loss.eps_high == 0.28 for r in runs)  # the dapo preset's, not the grid's
+    assert {r.config.iterations for r in expand(p, "full")} == {10}
+    one = expand(p, "quick", {"seed": 7, "lr": 0.5})  # an axis override collapses the axis
+    assert len(one) == 2 and {r.config.seed for r in one} == {7}
+    assert {r.config.lr for r in one} == {0.5}
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ('name = "grpo"', 'name = "a2c"', r"algorithms\[0\]\.name: .*unknown algorithm 'a2c'"),
+        ("seed = [0, 1, 2]", "seed = []", r"grid: .*grid axis 'seed' is empty"),
+        ("iterations = 2", "iterations = 2\nlr = -0.1", r"algorithms\[0\]\.config\.lr: .*greater"),
+        ('config = { loss = "dapo" }', 'config = { loss = "dapo", epoch = 2 }', r"\.config\.epoch"),
+        ('claim = "a claim"', 'claim = "a claim"\nclaimm = "typo"', r"claimm: Extra inputs"),
+        (
+            '"loss.eps_low" = [0.1, 0.2]',
+            '"loss.eps_lo" = [0.1]',
+            r"grid\.loss\.eps_lo: grpo has no",
+        ),
+        ('"loss.eps_low" = [0.1, 0.2]', '"loss.eps_low" = [0.1, 1.5]', r"eps_low.*eps_low=1\.5"),
+        ('name = "bandit"', 'name = "cartpole"', r"env\.name: .*unknown env 'cartpole'"),
+        ('rule = "ratio-bound"', 'rule = "vibes"', r"verdict\.rule: .*unknown verdict rule"),
+        ('name = "tiny"', 'name = "Tiny Protocol"', r"name: String should match pattern"),
+    ],
+)
+def test_bad_protocols_are_rejected_with_the_field_path(tmp_path, old, new, match):
+    assert old in GOOD
+    with pytest.raises(ProtocolError, match=match):
+        load_protocol(_write(tmp_path, GOOD.replace(old, new, 1)))
+
+
+def test_unreadable_protocol_files(tmp_path):
+    with pytest.raises(ProtocolError, match="does not exist"):
+        load_protocol(tmp_path / "nope.toml")
+    with pytest.raises(ProtocolError, match="not valid TOML"):
+        load_protocol(_write(tmp_path, "name = [unclosed"))
+    with pytest.raises(ProtocolError, match="unknown budget 'medium'"):
+        expand(load_protocol(_write(tmp_path, GOOD)), "medium")
+
+
+# ----------------------------------------------------------------------------- verdict rules
+# Each rule is fed steps where the answer is known, both ways: a rule that can only say one
+# thing is a defect.
+
+
+def _steps(**cols):
+    n = len(next(iter(cols.values())))
+    return pd.DataFrame({"run_id": ["a"] * (n // 2) + ["b"] * (n - n // 2), **cols})
+
+
+def test_ratio_bound_rule_both_ways():
+    rule = VERDICTS.get("ratio-bound")
+    inside = _steps(
+        **{"cfg.loss.eps_low": [0.2] * 4, "cfg.loss.eps_high": [0.2] * 4},
+        exact_ratio_max=[1.1, 1.2, 1.05, 1.19],
+        exact_ratio_min=[0.9, 0.8, 0.95, 0.81],
+        exact_frac_outside=[0.0] * 4,
+    )
+    status, _, ev = rule(inside, {})
+    assert status == "holds" and ev["violating_steps"] == 0
+    assert ev["violation_rate_upper95"] == pytest.approx(1 - 0.05 ** (1 / 4))
+    outside = inside.assign(exact_ratio_max=[1.1, 1.35, 1.05, 1.19])
+    status, summary, ev = rule(outside, {})
+    assert status == "violated" and ev["violating_steps"] == 1 and ev["runs_with_violation"] == 1
+    assert ev["max_excursion"] == pytest.approx(0.15)
+    below = inside.assign(exact_ratio_min=[0.9, 0.8, 0.7, 0.81])  # the low side counts too
+    assert rule(below, {})[0] == "violated"
+    asym = outside.assign(**{"cfg.loss.eps_high": [0.4] * 4})  # clip-higher: 1.35 <= 1.4
+    assert rule(asym, {})[0] == "holds"
+    empty = inside.assign(exact_ratio_max=[math.nan] * 4)
+    assert rule(empty, {})[0] == "inconclusive"
+
+
+def test_trpo_bound_rule_both_ways():
+    rule = VERDICTS.get("trpo-bound")
+    ok = _steps(bound_slack=[0.0, 0.5, 2.0, 1e-12], true_gain=[0.1] * 4)
+    assert rule(ok, {})[0] == "holds"
+    bad = ok.assign(bound_slack=[0.0, 0.5, -0.01, 1.0])
+    status, _, ev = rule(bad, {})
+    assert status == "violated" and ev["min_slack"] == pytest.approx(-0.01)
+    assert rule(bad, {"tol": 0.1})[0] == "holds"  # the tolerance is a parameter
+
+
+def test_surrogate_bound_rule_both_ways():
+    rule = VERDICTS.get("surrogate-bound")
+    ok = _steps(clipped_gain=[0.1, 0.2, 0.0, -0.1], true_gain=[0.1, 0.3, 0.0, 0.2])
+    assert rule(ok, {})[0] == "holds"
+    bad = ok.assign(clipped_gain=[0.1, 0.4, 0.0, -0.1])
+    status, _, ev = rule(bad, {})
+    assert status == "violated" and ev["max_overestimate"] == pytest.approx(0.1)
+
+
+def test_clopper_pearson_zero_event_bound():
+    # 0 events in n trials: the exact 95% upper bound p solves (1 - p)^n = 0.05.
+    for n in (1, 10, 1000):
+        p = _upper_rate_bound(n)
+        assert (1 - p) ** n == pytest.approx(0.05)
+    assert _upper_rate_bound(0) == 1.0

@@ -1,0 +1,169 @@
+"""Tests of grpo_lab/sweep.py: resume, batching invariance, failure isolation, a SIGKILL'd sweep
+restarted, and the CLI around it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from grpo_lab import store
+from grpo_lab.algorithms import ALGORITHMS, Algorithm
+from grpo_lab.cli import app
+from grpo_lab.protocols import load_protocol
+from grpo_lab.sweep import run_protocol
+
+TINY = """
+name = "tiny"
+claim = "a claim"
+[env]
+name = "bandit"
+kwargs = { k = 3, seed = 0 }
+[[algorithms]]
+name = "grpo"
+config = { loss = "dapo", epochs = 2 }
+[grid]
+lr = [0.1, 0.5]
+seed = [0, 1, 2]
+[budget.quick]
+iterations = 3
+[budget.full]
+iterations = 4
+[verdict]
+rule = "ratio-bound"
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _steps(path):
+    df = store.load_results(path, "steps")
+    cols = ["run_id", "step", "loss", "exact_ratio_max", "kl_mean"]
+    return df[cols].sort_values(["run_id", "step"]).reset_index(drop=True)
+
+
+def test_sweep_runs_stores_judges_and_resumes(tiny, tmp_path):
+    p = load_protocol(tiny)
+    out = tmp_path / "out"
+    first = run_protocol(p, out, progress=False)
+    assert (first.ran, first.skipped) == (6, 0)
+    assert first.verdict.status in ("holds", "violated")
+    assert (
+        json.loads((first.sweep_path / "verdict.json").read_text())["status"]
+        == first.verdict.status
+    )
+    summary = store.load_results(first.sweep_path, "summary")
+    assert len(summary) == 6 and set(summary["status"]) == {"ok"}
+    again = run_protocol(p, out, progress=False)
+    assert (again.ran, again.skipped) == (0, 6)  # nothing repeated
+    assert again.verdict.summary == first.verdict.summary
+
+
+def test_batch_composition_does_not_change_the_numbers(tiny, tmp_path):
+    p = load_protocol(tiny)
+    a = run_protocol(p, tmp_path / "a", batch_size=6, progress=False)
+    b = run_protocol(p, tmp_path / "b", batch_size=1, progress=False)
+    pd.testing.assert_frame_equal(_steps(a.sweep_path), _steps(b.sweep_path))
+
+
+def test_a_raising_run_is_recorded_and_the_sweep_completes(tiny, tmp_path, monkeypatch):
+    real = ALGORITHMS.get("grpo")
+
+    def train(mdp, configs):
+        if any(c.seed == 1 for c in configs):
+            raise RuntimeError("boom on seed 1")
+        return real.train(mdp, configs)
+
+    monkeypatch.setitem(ALGORITHMS._items, "grpo", Algorithm(real.config, train, real.batchable))
+    r = run_protocol(load_protocol(tiny), tmp_path / "out", progress=False)
+    summary = store.load_results(r.sweep_path, "summary")
+    by_seed = summary.groupby("cfg.seed")["status"].agg(set).to_dict()
+    assert by_seed == {0: {"ok"}, 1: {"error"}, 2: {"ok"}}
+    assert summary.loc[summary["status"] == "error", "error"].str.contains("boom").all()
+    assert r.verdict.evidence["runs"] == 4  # judged on the runs that exist
+
+
+def test_a_diverging_configuration_is_recorded(tiny, tmp_path):
+    r = run_protocol(load_protocol(tiny), tmp_path / "out", overrides={"lr": 1e308}, progress=False)
+    summary = store.load_results(r.sweep_path, "summary")
+    assert set(summary["status"]) == {"diverged"}
+    assert summary["diverged_at"].notna().all()
+
+
+@pytest.mark.slow
+def test_sigkilled_sweep_restarts_to_the_same_result_with_each_run_once(tiny, tmp_path):
+    cmd = [sys.executable, "-m", "grpo_lab.cli", "run", str(tiny), "--quick", "--batch-size", "1"]
+    env = {**os.environ, "COLUMNS": "120"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    sweep = killed / "tiny-quick"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if sweep.exists() and len(store.completed_runs(killed, "tiny-quick")) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = store.completed_runs(killed, "tiny-quick")
+    assert 2 <= len(before) < 6, "the kill should land mid-sweep"
+    stamps = {rid: store.read_summary(killed, "tiny-quick", rid)["written_at"] for rid in before}
+    subprocess.run([*cmd, "--out", str(killed)], env=env, check=True, capture_output=True)
+    assert len(store.completed_runs(killed, "tiny-quick")) == 6
+    for rid, stamp in stamps.items():  # runs finished before the kill were not run again
+        assert store.read_summary(killed, "tiny-quick", rid)["written_at"] == stamp
+    clean = tmp_path / "clean"
+    subprocess.run([*cmd, "--out", str(clean)], env=env, check=True, capture_output=True)
+    pd.testing.assert_frame_equal(_steps(sweep), _steps(clean / "tiny-quick"))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+runner = CliRunner()
+
+
+def test_cli_run_check_report(tiny, tmp_path):
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["check", str(tiny)])
+    assert r.exit_code == 0 and "quick: 6 runs" in r.output
+    r = runner.invoke(app, ["run", str(tiny), "--quick", "--out", str(out)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert (out / "report.md").exists() and "tiny" in (out / "report.md").read_text()
+    r = runner.invoke(app, ["report", str(out)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "| tiny |" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["run", "no-such-protocol"], "unknown protocol 'no-such-protocol'"),
+        (["run", "TINY", "--set", "lr"], "--set expects key=value"),
+        (["run", "TINY", "--set", "lr=-1"], "lr"),
+        (["run", "TINY", "--set", "epochz=2"], "has no config field 'epochz'"),
+        (["check", "no-such-protocol"], "unknown protocol"),
+        (["report", "/nonexistent/dir"], "does not exist"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_a_message(tiny, args, match):
+    args = [str(tiny) if a == "TINY" else a for a in args]
+    r = runner.invoke(app, args, env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.output
+    assert match in r.output
+    assert "Traceback" not in r.output
+
+
+def test_cli_list_names_the_shipped_protocols():
+    r = runner.invoke(app, ["list"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    for name in ("ratio-bound", "trpo-bound", "surrogate-bound"):
+        assert name in r.output

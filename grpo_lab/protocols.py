@@ -16,7 +16,7 @@ A protocol is a TOML file in ``protocols/`` validated into a ``Protocol`` before
     config = { loss = "dapo", epochs = 4 }
 
     [grid]                     # dotted config field -> values; the sweep is their product
-    "loss.eps_low" = [0.1, 0.2, 0.3]
+    "loss.eps_low+loss.eps_high" = [0.1, 0.2, 0.3]   # "a+b": one axis that sets both fields
     seed = [0, 1, 2]
 
     [budget.quick]             # overrides per budget: "quick" for tests, "full" for the record
@@ -173,12 +173,13 @@ def _resolve(
     except ValidationError as e:
         raise ProtocolError(_explain(e, where)) from None
     for source, values in (("budget", budget), ("grid", point)):
-        for key, value in values.items():
+        for keys, value in values.items():
             try:
-                _set_dotted(full, key, value)
+                for key in keys.split("+"):  # "a+b": one axis setting both fields
+                    _set_dotted(full, key, value)
             except KeyError:
                 raise ProtocolError(
-                    f"{source}.{key}: {algo.name} has no config field {key!r}; "
+                    f"{source}.{keys}: {algo.name} has no config field {key!r}; "
                     f"fields: {sorted(full)}"
                 ) from None
     try:
@@ -273,9 +274,41 @@ class Verdict:
         return json.dumps(self.__dict__, indent=2, default=float)
 
 
-# rule(steps (tidy DataFrame, one row per optimiser step), params) -> (status, summary, evidence)
-VerdictRule = Callable[[pd.DataFrame, dict[str, Any]], tuple[str, str, dict[str, Any]]]
+@dataclass
+class SweepData:
+    """A sweep's stored results as tidy tables (``grpo_lab.store.load_results``): one row per
+    optimiser step, per iteration, and per run, each with the run's ``cfg.*`` columns."""
+
+    steps: pd.DataFrame
+    iterations: pd.DataFrame | None = None
+    summary: pd.DataFrame | None = None
+
+    @classmethod
+    def load(cls, sweep_path: str | Path) -> SweepData:
+        from grpo_lab.store import load_results
+
+        return cls(
+            steps=load_results(sweep_path, "steps"),
+            iterations=load_results(sweep_path, "iterations"),
+            summary=load_results(sweep_path, "summary"),
+        )
+
+
+def _as_data(data: SweepData | pd.DataFrame) -> SweepData:
+    """Rules that read only the steps also accept the steps table itself."""
+    return SweepData(steps=data) if isinstance(data, pd.DataFrame) else data
+
+
+# rule(data, params) -> (status, summary, evidence)
+VerdictRule = Callable[[SweepData, dict[str, Any]], tuple[str, str, dict[str, Any]]]
 VERDICTS: Registry[VerdictRule] = Registry("verdict rule")
+
+
+def judge(protocol: Protocol, sweep_path: str | Path) -> Verdict:
+    """Apply the protocol's verdict rule to the stored results of its sweep."""
+    data = SweepData.load(sweep_path)
+    status, summary, evidence = VERDICTS.get(protocol.verdict.rule)(data, protocol.verdict.params)
+    return Verdict(protocol.name, protocol.claim, status, summary, evidence)
 
 
 def _upper_rate_bound(n: int, confidence: float = 0.95) -> float:
@@ -317,9 +350,10 @@ def _universal(
 
 
 @VERDICTS.register("ratio-bound")
-def _ratio_bound(steps: pd.DataFrame, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+def _ratio_bound(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """The seed's lemma |r - 1| <= eps, checked exactly after every optimiser step over every
     (s, a) the old policy visits (``exact_ratio_max/min`` against the run's eps_low / eps_high)."""
+    steps = _as_data(data).steps
     tol = float(params.get("tol", 1e-9))
     lo = 1.0 - steps["cfg.loss.eps_low"]
     hi = 1.0 + steps["cfg.loss.eps_high"]
@@ -338,9 +372,10 @@ def _ratio_bound(steps: pd.DataFrame, params: dict[str, Any]) -> tuple[str, str,
 
 
 @VERDICTS.register("trpo-bound")
-def _trpo_bound(steps: pd.DataFrame, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+def _trpo_bound(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """TRPO Theorem 1 (arXiv 1502.05477): J(new) - J(old) >= L_old(new) - J(old) - C max KL at
-    every step (``bound_slack >= 0``); its slack is reported relative to |true gain|."""
+    every step (``bound_slack >= 0``); its slack is reported beside the median true gain."""
+    steps = _as_data(data).steps
     tol = float(params.get("tol", 1e-9))
     slack = steps["bound_slack"]
     bad = (slack < -tol).astype("boolean")
@@ -354,11 +389,10 @@ def _trpo_bound(steps: pd.DataFrame, params: dict[str, Any]) -> tuple[str, str, 
 
 
 @VERDICTS.register("surrogate-bound")
-def _surrogate_bound(
-    steps: pd.DataFrame, params: dict[str, Any]
-) -> tuple[str, str, dict[str, Any]]:
+def _surrogate_bound(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """The seed's "the clipped objective provides a lower bound on the true objective": is the
     exact clipped objective's gain <= the true gain J(new) - J(old) at every step?"""
+    steps = _as_data(data).steps
     tol = float(params.get("tol", 1e-9))
     gap = steps["clipped_gain"] - steps["true_gain"]
     bad = (gap > tol).astype("boolean")
@@ -367,3 +401,232 @@ def _surrogate_bound(
     status, summary, ev = _universal(steps, bad, "clipped gain <= true gain", worst)
     ev["max_overestimate"] = float(gap.max())
     return status, summary, ev
+
+
+# ----------------------------------------------------------------------------- statistical rules
+
+
+def _clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial confidence interval for a rate k / n (Clopper & Pearson 1934)."""
+    from scipy.stats import beta
+
+    a = 1.0 - confidence
+    low = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return low, high
+
+
+def _per_iteration_loss(steps: pd.DataFrame) -> pd.DataFrame:
+    """The policy loss of the last optimiser step of each iteration, per run."""
+    last = steps.sort_values("step").groupby(["run_id", "iteration"], as_index=False).last()
+    return last[["run_id", "iteration", "pg_loss"]]
+
+
+@VERDICTS.register("convergence")
+def _convergence(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """The seed's ``is_converged`` (Var of the last ``window`` policy losses < ``threshold``,
+    checked after epoch 10) against the truth (gap to J* <= ``gap_tol`` * |J*|), run by run.
+
+    An error is a run where the seed's rule fires while the exact gap is still large (false
+    convergence) or never fires although the policy reached the optimum (missed). The claim
+    "is_converged detects convergence" holds when the error rate's 95% Clopper-Pearson upper
+    bound is below ``max_error``, is violated when its lower bound is above, else inconclusive.
+    """
+    window = int(params.get("window", 10))
+    threshold = float(params.get("threshold", 1e-4))
+    gap_tol = float(params.get("gap_tol", 0.01))
+    max_error = float(params.get("max_error", 0.1))
+    losses = _per_iteration_loss(data.steps)
+    it = data.iterations.merge(losses, on=["run_id", "iteration"], how="left")
+    false_conv = missed = 0
+    fired_gaps = []
+    runs = sorted(it["run_id"].unique())
+    for rid in runs:
+        r = it[it["run_id"] == rid].sort_values("iteration")
+        j_star = float(data.summary.loc[data.summary["run_id"] == rid, "j_star"].iloc[0])
+        pl = r["pg_loss"].to_numpy()
+        gaps = r["gap"].to_numpy()
+        fired = next(
+            (
+                e
+                for e in range(len(pl))
+                if e > 10 and pl[max(0, e + 1 - window) : e + 1].var() < threshold
+            ),
+            None,
+        )
+        reached = bool((gaps <= gap_tol * abs(j_star)).any())
+        if fired is not None:
+            fired_gaps.append(gaps[fired] / abs(j_star))
+            false_conv += int(gaps[fired] > gap_tol * abs(j_star))
+        else:
+            missed += int(reached)
+    n = len(runs)
+    errors = false_conv + missed
+    low, high = _clopper_pearson(errors, n) if n else (0.0, 1.0)
+    evidence = {
+        "runs": n,
+        "false_convergence": false_conv,
+        "missed": missed,
+        "error_rate": errors / n if n else float("nan"),
+        "error_rate_ci95": [low, high],
+        "median_relative_gap_when_fired": float(pd.Series(fired_gaps).median())
+        if fired_gaps
+        else float("nan"),
+        "max_error": max_error,
+    }
+    rate = f"error rate {errors}/{n} (95% CI {low:.2f}-{high:.2f})"
+    detail = f"{false_conv} false convergence(s), {missed} missed"
+    if n and high < max_error:
+        return "holds", f"{rate} < {max_error}: {detail}", evidence
+    if n and low > max_error:
+        return "violated", f"{rate} > {max_error}: {detail}", evidence
+    return "inconclusive", f"{rate} straddles {max_error}: {detail}", evidence
+
+
+def _final_scores(data: SweepData) -> pd.DataFrame:
+    """One row per run: its config columns and final normalised return J_final / J*."""
+    s = data.summary[data.summary["status"] != "error"].copy()
+    s["score"] = s["j_final"] / s["j_star"].abs()
+    return s
+
+
+@VERDICTS.register("best-setting")
+def _best_setting(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A claim that one value of a sweep axis is optimal (the seed: "optimal eps (0.2)").
+
+    Score = final J / J* per run; per value of ``axis`` its IQM with a 95% stratified bootstrap CI
+    over runs (arXiv 2108.13264). Holds when the claimed value has the best IQM and its CI lies
+    above every other value's; violated when some other value's CI lies above the claimed one's;
+    otherwise inconclusive (the data cannot tell them apart).
+    """
+    from grpo_lab import stats
+
+    axis, claimed = params["axis"], params["claimed"]
+    s = _final_scores(data)
+    table = {}
+    for value, grp in s.groupby(axis):
+        point, low, high = (
+            stats.stratified_bootstrap_ci(
+                grp["score"].to_numpy(), "iqm", reps=int(params.get("reps", 2000)), seed=0
+            )
+            if len(grp) > 1
+            else (float(grp["score"].iloc[0]),) * 3
+        )
+        table[value] = (point, low, high)
+    evidence = {"axis": axis, "claimed": claimed, "iqm_ci": {str(k): v for k, v in table.items()}}
+    if claimed not in table:
+        return "inconclusive", f"the sweep has no run with {axis} = {claimed}", evidence
+    best = max(table, key=lambda k: table[k][0])
+    evidence["best"] = best
+    c_point, c_low, c_high = table[claimed]
+    others = {k: v for k, v in table.items() if k != claimed}
+    above = [k for k, (_, lo, _) in others.items() if lo > c_high]
+    line = ", ".join(f"{k}: {p:.3f} [{lo:.3f}, {hi:.3f}]" for k, (p, lo, hi) in table.items())
+    if above:
+        return "violated", f"{axis} = {above} beat {claimed} (IQM J/J*, 95% CI: {line})", evidence
+    if best == claimed and all(c_low > hi for _, _, hi in others.values()):
+        return "holds", f"{axis} = {claimed} is best (IQM J/J*, 95% CI: {line})", evidence
+    return "inconclusive", f"no value separates from {claimed} (IQM J/J*, 95% CI: {line})", evidence
+
+
+def _speed(data: SweepData, fraction: float) -> pd.DataFrame:
+    """Per run: the first iteration with J >= fraction * J* (censored: iterations + 1)."""
+    it = data.iterations
+    s = data.summary.set_index("run_id")
+    rows = []
+    for rid, r in it.groupby("run_id"):
+        j_star = abs(float(s.loc[rid, "j_star"]))
+        hit = r.loc[r["J"] >= fraction * j_star, "iteration"]
+        n_it = int(r["iteration"].max()) + 1
+        rows.append({"run_id": rid, "speed": float(hit.min()) if len(hit) else float(n_it + 1)})
+    cfg = s[[c for c in s.columns if c.startswith("cfg.")]].reset_index()
+    return pd.DataFrame(rows).merge(cfg, on="run_id")
+
+
+@VERDICTS.register("monotone-trend")
+def _monotone_trend(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A claim that a metric rises or falls with a sweep axis (the seed: "high learning rate:
+    faster convergence", "large eps: faster convergence but potential instability").
+
+    metric "speed": iterations to reach ``fraction`` (0.9) of J* (censored runs count as never);
+    "final": final J / J*; "collapse": 1 if final J / J* < ``collapse_below`` (0.5). Spearman's rho
+    between the axis and the metric over runs, with a 95% bootstrap CI over runs: the claim
+    (``direction`` "increasing" or "decreasing") holds when the CI excludes 0 on its side, is
+    violated when it excludes 0 on the other side, else inconclusive.
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    axis, metric, direction = params["axis"], params["metric"], params["direction"]
+    if direction not in ("increasing", "decreasing"):
+        raise ValueError(f"direction must be 'increasing' or 'decreasing', got {direction!r}")
+    if metric == "speed":
+        df = _speed(data, float(params.get("fraction", 0.9)))
+        y = df["speed"]
+    else:
+        df = _final_scores(data)
+        y = df["score"] if metric == "final" else (df["score"] < params.get("collapse_below", 0.5))
+    x = df[axis].to_numpy(dtype=float)
+    y = np.asarray(y, dtype=float)
+    evidence: dict[str, Any] = {
+        "axis": axis,
+        "metric": metric,
+        "direction": direction,
+        "runs": len(x),
+    }
+    if len(x) < 4 or np.unique(x).size < 2 or np.unique(y).size < 2:
+        evidence["rho"] = float("nan")
+        return "inconclusive", f"too little variation to relate {metric} to {axis}", evidence
+    rho = float(spearmanr(x, y).statistic)
+    rng = np.random.default_rng(int(params.get("seed", 0)))
+    boots = []
+    for _ in range(int(params.get("reps", 2000))):
+        i = rng.integers(0, len(x), len(x))
+        if np.unique(x[i]).size > 1 and np.unique(y[i]).size > 1:
+            boots.append(spearmanr(x[i], y[i]).statistic)
+    low, high = (float(q) for q in np.quantile(boots, [0.025, 0.975]))
+    evidence.update(rho=rho, rho_ci95=[low, high])
+    sign = 1 if direction == "increasing" else -1
+    desc = f"Spearman rho({axis}, {metric}) = {rho:.2f} [95% CI {low:.2f}, {high:.2f}]"
+    if (sign > 0 and low > 0) or (sign < 0 and high < 0):
+        return "holds", f"{metric} is {direction} in {axis}: {desc}", evidence
+    if (sign > 0 and high < 0) or (sign < 0 and low > 0):
+        return "violated", f"{metric} is not {direction} in {axis}: {desc}", evidence
+    return "inconclusive", f"no clear trend: {desc}", evidence
+
+
+@VERDICTS.register("improvement")
+def _improvement(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A claim that algorithm ``better`` beats ``worse`` (the seed: GRPO vs PPO / TRPO).
+
+    Score = final J / J* per run, by ``cfg.label``; probability of improvement P(X > Y) with a 95%
+    stratified bootstrap CI (arXiv 2108.13264 §4.4): holds when the CI lies above 1/2, violated
+    when below, else inconclusive. IQMs with CIs of every algorithm are in the evidence.
+    """
+    from grpo_lab import stats
+
+    better, worse = params["better"], params["worse"]
+    s = _final_scores(data)
+    by = {k: g["score"].to_numpy() for k, g in s.groupby("cfg.label")}
+    evidence: dict[str, Any] = {"better": better, "worse": worse}
+    if better not in by or worse not in by:
+        return (
+            "inconclusive",
+            f"the sweep lacks {better!r} or {worse!r}: has {sorted(by)}",
+            evidence,
+        )
+    reps = int(params.get("reps", 2000))
+    for k, v in by.items():
+        evidence[f"iqm_{k}"] = (
+            stats.stratified_bootstrap_ci(v, "iqm", reps=reps, seed=0)
+            if len(v) > 1
+            else (v[0],) * 3
+        )
+    p, low, high = stats.probability_of_improvement_ci(by[better], by[worse], reps=reps, seed=0)
+    evidence.update(p_improvement=p, p_improvement_ci95=[low, high])
+    desc = f"P({better} > {worse}) = {p:.2f} [95% CI {low:.2f}, {high:.2f}] on final J/J*"
+    if low > 0.5:
+        return "holds", desc, evidence
+    if high < 0.5:
+        return "violated", desc, evidence
+    return "inconclusive", desc, evidence

@@ -9,6 +9,7 @@ import pytest
 from grpo_lab.protocols import (
     VERDICTS,
     ProtocolError,
+    SweepData,
     _upper_rate_bound,
     expand,
     find_protocols,
@@ -157,3 +158,121 @@ def test_clopper_pearson_zero_event_bound():
         p = _upper_rate_bound(n)
         assert (1 - p) ** n == pytest.approx(0.05)
     assert _upper_rate_bound(0) == 1.0
+
+
+def test_zipped_axis_sets_both_fields(tmp_path):
+    text = GOOD.replace('"loss.eps_low" = [0.1, 0.2]', '"loss.eps_low+loss.eps_high" = [0.1, 0.3]')
+    runs = expand(load_protocol(_write(tmp_path, text)), "quick")
+    assert {(r.config.loss.eps_low, r.config.loss.eps_high) for r in runs} == {
+        (0.1, 0.1),
+        (0.3, 0.3),
+    }
+
+
+# ----------------------------------------------------------------------------- statistical rules
+
+
+def _convergence_data(losses_by_run, gaps_by_run, j_star=1.0):
+    steps, its, summ = [], [], []
+    for rid, (losses, gaps) in enumerate(zip(losses_by_run, gaps_by_run, strict=True)):
+        for e, (loss, gap) in enumerate(zip(losses, gaps, strict=True)):
+            steps.append({"run_id": str(rid), "step": e, "iteration": e, "pg_loss": loss})
+            its.append({"run_id": str(rid), "iteration": e, "gap": gap, "J": j_star - gap})
+        summ.append(
+            {"run_id": str(rid), "j_star": j_star, "j_final": j_star - gaps[-1], "status": "ok"}
+        )
+    return SweepData(pd.DataFrame(steps), pd.DataFrame(its), pd.DataFrame(summ))
+
+
+def test_convergence_rule_both_ways():
+    rule = VERDICTS.get("convergence")
+    n_it = 20
+    flat = [0.0] * n_it  # zero loss variance: the seed's rule fires at epoch 11
+    noisy = [0.1 * (-1) ** e for e in range(n_it)]  # variance 0.01: never fires
+    closing = [max(0.0, 0.5 - 0.1 * e) for e in range(n_it)]  # gap closed from epoch 5
+    open_gap = [0.5] * n_it
+    # honest runs: fires only where the gap is closed, never where it is open -> holds
+    good = _convergence_data([flat] * 40 + [noisy] * 40, [closing] * 40 + [open_gap] * 40)
+    status, _, ev = rule(good, {})
+    assert status == "holds" and ev["false_convergence"] == 0 and ev["missed"] == 0
+    # the seed's failure: a flat loss while the gap is open -> false convergence -> violated
+    bad = _convergence_data([flat] * 40, [open_gap] * 40)
+    status, _, ev = rule(bad, {})
+    assert status == "violated" and ev["false_convergence"] == 40
+    # missed: converged runs whose loss stays noisy
+    missed = _convergence_data([noisy] * 40, [closing] * 40)
+    assert rule(missed, {})[0] == "violated"
+    # too few runs to tell
+    assert rule(_convergence_data([flat] * 2, [closing] * 2), {})[0] == "inconclusive"
+
+
+def _scores(groups, axis="cfg.loss.eps_low"):
+    rows = []
+    for value, scores in groups.items():
+        for i, sc in enumerate(scores):
+            rows.append({"run_id": f"{value}-{i}", axis: value, "j_final": sc, "j_star": 1.0,
+                         "status": "ok", "cfg.label": value})  # fmt: skip
+    return SweepData(steps=pd.DataFrame(), summary=pd.DataFrame(rows))
+
+
+def test_best_setting_rule_both_ways():
+    rule = VERDICTS.get("best-setting")
+    params = {"axis": "cfg.loss.eps_low", "claimed": 0.2, "reps": 500}
+    spread = [0.0, 0.01, -0.01, 0.02, -0.02, 0.005, -0.005, 0.015]
+    win = _scores(
+        {
+            0.1: [0.6 + d for d in spread],
+            0.2: [0.9 + d for d in spread],
+            0.3: [0.7 + d for d in spread],
+        }
+    )
+    assert rule(win, params)[0] == "holds"
+    lose = _scores(
+        {
+            0.1: [0.95 + d for d in spread],
+            0.2: [0.6 + d for d in spread],
+            0.3: [0.7 + d for d in spread],
+        }
+    )
+    status, summary, ev = rule(lose, params)
+    assert status == "violated" and ev["best"] == 0.1
+    tie = _scores({0.1: [0.9 + d for d in spread], 0.2: [0.9 + d for d in spread]})
+    assert rule(tie, params)[0] == "inconclusive"
+    assert rule(tie, {**params, "claimed": 0.5})[0] == "inconclusive"
+
+
+def test_improvement_rule_both_ways():
+    rule = VERDICTS.get("improvement")
+    params = {"better": "grpo", "worse": "ppo", "reps": 500}
+    hi = [0.9, 0.92, 0.95, 0.91, 0.93, 0.94]
+    lo = [0.5, 0.55, 0.52, 0.6, 0.58, 0.51]
+    assert rule(_scores({"grpo": hi, "ppo": lo}), params)[0] == "holds"
+    assert rule(_scores({"grpo": lo, "ppo": hi}), params)[0] == "violated"
+    assert rule(_scores({"grpo": hi, "ppo": hi}), params)[0] == "inconclusive"
+    assert rule(_scores({"grpo": hi}), params)[0] == "inconclusive"
+
+
+def _trend_data(lr_to_speed_iters):
+    """Runs whose J crosses 0.9 J* at a given iteration, by lr."""
+    its, summ = [], []
+    for k, (lr, hit) in enumerate(lr_to_speed_iters):
+        rid = f"r{k}"
+        for e in range(12):
+            its.append({"run_id": rid, "iteration": e, "J": 0.95 if e >= hit else 0.5})
+        summ.append({"run_id": rid, "cfg.lr": lr, "j_star": 1.0, "j_final": 0.95, "status": "ok"})
+    return SweepData(pd.DataFrame(), pd.DataFrame(its), pd.DataFrame(summ))
+
+
+def test_monotone_trend_rule_both_ways():
+    rule = VERDICTS.get("monotone-trend")
+    params = {"axis": "cfg.lr", "metric": "speed", "direction": "decreasing", "reps": 500}
+    lrs = [0.01, 0.03, 0.1, 0.3, 1.0] * 4
+    faster = _trend_data([(lr, {0.01: 10, 0.03: 8, 0.1: 6, 0.3: 4, 1.0: 2}[lr]) for lr in lrs])
+    status, _, ev = rule(faster, params)
+    assert status == "holds" and ev["rho"] < -0.9
+    slower = _trend_data([(lr, {0.01: 2, 0.03: 4, 0.1: 6, 0.3: 8, 1.0: 10}[lr]) for lr in lrs])
+    assert rule(slower, params)[0] == "violated"
+    flat = _trend_data([(lr, 5 + (i % 2)) for i, lr in enumerate(lrs)])
+    assert rule(flat, params)[0] == "inconclusive"
+    never = _trend_data([(lr, 99) for lr in lrs])  # censored everywhere: no variation
+    assert rule(never, params)[0] == "inconclusive"

@@ -195,17 +195,32 @@ def run(
     protocols: list[str] = typer.Argument(None, help="Protocol names or files (default: all)."),
     quick: bool = typer.Option(False, "--quick", help="Use each protocol's quick budget."),
     out: Path = typer.Option(Path("results"), "--out", help="Results directory."),
-    backend: str = typer.Option("local", "--backend", help="Where runs execute: local."),
-    workers: int = typer.Option(1, "--workers", help="Processes for the local backend."),
+    backend: str = typer.Option(
+        "local", "--backend", help="Where runs execute: local (processes) or ray (Ray tasks)."
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="The Ray cluster for --backend ray, e.g. auto or ray://host:10001 (--out must then "
+        "be a filesystem every node shares). Default: a local Ray instance of --workers CPUs.",
+    ),
+    workers: int = typer.Option(
+        1, "--workers", help="Processes (local), or CPUs of the local Ray instance (ray)."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a config field for every run: key=value (JSON value)."
     ),
     batch_size: int = typer.Option(256, "--batch-size", help="Most runs per batched program."),
 ) -> None:
     """Run protocols (resuming completed runs), write verdicts and the report."""
-    from grpo_lab.sweep import run_protocol
+    from contextlib import ExitStack
+
+    from rich.markup import escape  # messages such as "pip install 'grpo_lab[ray]'" keep [...]
+
+    from grpo_lab.sweep import check_backend, ray_session, run_protocol
 
     try:
+        check_backend(backend, workers, address)
         names = protocols or list(find_protocols())
         loaded = [_protocol(n) for n in names]
         overrides = _parse_set(set_)
@@ -214,22 +229,28 @@ def run(
             from grpo_lab.protocols import expand
 
             expand(p, budget, overrides)
-    except (ProtocolError, ValueError) as e:
-        raise _fail(str(e)) from None
+    except (ProtocolError, ValueError, ImportError) as e:
+        raise _fail(escape(str(e))) from None
     results = []
-    for p in loaded:
-        try:
-            r = run_protocol(
-                p, out, budget=budget, overrides=overrides, backend=backend, workers=workers,
-                batch_size=batch_size,
-            )  # fmt: skip
-        except ValueError as e:
-            raise _fail(str(e)) from None
-        results.append(r)
-        console.print(
-            f"{p.name}: [bold]{r.verdict.status}[/] ({r.ran} runs now, {r.skipped} resumed) "
-            f"- {r.verdict.summary}"
-        )
+    with ExitStack() as stack:
+        if backend == "ray":  # one Ray instance (or cluster connection) serves every protocol
+            try:
+                stack.enter_context(ray_session(address, workers))
+            except ConnectionError as e:  # nothing to connect to at --address
+                raise _fail(escape(f"cannot connect to Ray at {address!r}: {e}")) from None
+        for p in loaded:
+            try:
+                r = run_protocol(
+                    p, out, budget=budget, overrides=overrides, backend=backend, workers=workers,
+                    address=address, batch_size=batch_size,
+                )  # fmt: skip
+            except ValueError as e:
+                raise _fail(escape(str(e))) from None
+            results.append(r)
+            console.print(
+                f"{p.name}: [bold]{r.verdict.status}[/] ({r.ran} runs now, {r.skipped} resumed) "
+                f"- {r.verdict.summary}"
+            )
     path = write_report(out)
     console.print(f"report: {path}")
 

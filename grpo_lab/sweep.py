@@ -12,7 +12,12 @@
                stored with status "error" and its message; the sweep goes on
     verdict  = the protocol's rule on the stored steps, written to ``verdict.json``
 
-Backends: "local" runs the batches in this process, or in ``workers`` processes.
+Backends (``BACKENDS``):
+    "local"  the batches run in this process, or in a pool of ``workers`` processes
+    "ray"    each batch is a Ray task (``pip install 'grpo_lab[ray]'``): on a local Ray instance
+             of ``workers`` CPUs, or on the cluster at ``address``; see ``ray_session``
+Every backend runs the same ``run_batch`` on the same batches, so it changes where the numbers
+are computed, never the numbers; resume, failure isolation and the verdict are the same.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +37,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from grpo_lab import store
 from grpo_lab.algorithms import ALGORITHMS
 from grpo_lab.envs.tabular import make_env
-from grpo_lab.protocols import VERDICTS, Protocol, RunSpec, Verdict, expand
+from grpo_lab.protocols import Protocol, RunSpec, Verdict, expand, judge
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -106,8 +112,70 @@ def run_batch(root: str, sweep: str, batch: list[tuple[str, RunSpec]]) -> list[t
     return out
 
 
-def _execute(
-    root: Path, sweep: str, batches: list[list[tuple[str, RunSpec]]], workers: int, progress: bool
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "the 'ray' backend needs Ray, which is not installed: pip install 'grpo_lab[ray]'"
+        ) from e
+    return ray
+
+
+def check_backend(backend: str, workers: int = 1, address: str | None = None) -> None:
+    """Check a backend choice before anything runs: ValueError for an unknown backend,
+    ``workers`` < 1 or an address without the "ray" backend; ImportError (how to install it)
+    for "ray" without Ray installed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if address is not None and backend != "ray":
+        raise ValueError(f"an address is only for the 'ray' backend, not {backend!r}")
+    if backend == "ray":
+        _import_ray()
+
+
+@contextmanager
+def ray_session(address: str | None = None, workers: int = 1) -> Iterator[Any]:
+    """Ray, initialised for a sweep; yields the ``ray`` module.
+
+    - Ray already initialised in this process (by the caller, or an enclosing ``ray_session``):
+      used as it is, and left running; ``address`` and ``workers`` are then ignored.
+    - ``address`` given ("auto", "ray://host:10001", ...): ``ray.init(address=address)`` connects
+      to that cluster. The cluster is never shut down, and the connection is left open for later
+      sweeps of this process (Ray closes it at exit).
+    - otherwise: a new local Ray instance limited to ``workers`` CPUs (so at most ``workers``
+      batches at once; RAY_ADDRESS is not consulted), without dashboard or worker logs, shut
+      down when the block ends.
+
+    Raises ImportError naming ``pip install 'grpo_lab[ray]'`` when Ray is missing.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address is not None:
+        ray.init(address=address)
+        yield ray
+        return
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    ray.init(  # "local": a new instance even where RAY_ADDRESS names a cluster
+        address="local",
+        num_cpus=workers,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _execute_local(
+    root: Path, sweep: str, batches: list[list[tuple[str, RunSpec]]], workers: int
 ) -> Iterator[list[tuple[str, str]]]:
     if workers <= 1:
         for b in batches:
@@ -119,11 +187,45 @@ def _execute(
             yield f.result()
 
 
-def judge(protocol: Protocol, sweep_path: Path) -> Verdict:
-    """Apply the protocol's verdict rule to the stored steps of its sweep."""
-    steps = store.load_results(sweep_path, "steps")
-    status, summary, evidence = VERDICTS.get(protocol.verdict.rule)(steps, protocol.verdict.params)
-    return Verdict(protocol.name, protocol.claim, status, summary, evidence)
+def _execute_ray(
+    root: Path,
+    sweep: str,
+    batches: list[list[tuple[str, RunSpec]]],
+    workers: int,
+    address: str | None,
+) -> Iterator[list[tuple[str, str]]]:
+    """One Ray task per batch (one CPU each), yielded in the order they finish. The tasks write
+    their runs under ``root`` themselves, so ``root`` is made absolute here; on a cluster it must
+    be a filesystem every node mounts at that same path."""
+    with ray_session(address, workers) as ray:
+        task = ray.remote(num_cpus=1)(run_batch)
+        pending = [task.remote(str(root.resolve()), sweep, b) for b in batches]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+        finally:  # raised or abandoned (e.g. Ctrl-C): stop the tasks still queued or running
+            for ref in pending:
+                ray.cancel(ref)
+
+
+def _execute(
+    root: Path,
+    sweep: str,
+    batches: list[list[tuple[str, RunSpec]]],
+    *,
+    backend: str,
+    workers: int,
+    address: str | None,
+) -> Iterator[list[tuple[str, str]]]:
+    """Run the batches on ``backend``; yields each batch's (run_id, status) list once it is
+    stored (local: in submission order; ray: in the order the batches finish)."""
+    if not batches:
+        return  # nothing to run: no Ray start-up for a completed sweep
+    if backend == "ray":
+        yield from _execute_ray(root, sweep, batches, workers, address)
+    else:
+        yield from _execute_local(root, sweep, batches, workers)
 
 
 def run_protocol(
@@ -134,14 +236,21 @@ def run_protocol(
     overrides: dict[str, Any] | None = None,
     backend: str = "local",
     workers: int = 1,
+    address: str | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> SweepResult:
-    """Run (or resume) every run of ``protocol`` under ``out/<name>-<budget>`` and judge it."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    """Run (or resume) every run of ``protocol`` under ``out/<name>-<budget>`` and judge it.
+
+    ``backend`` "local": ``workers`` == 1 runs the batches in this process, more in a process
+    pool. ``backend`` "ray": each batch is a Ray task; ``address`` connects to a Ray cluster
+    ("auto", "ray://host:10001"), otherwise a local Ray instance of ``workers`` CPUs is started
+    for this call and shut down after it (``ray_session``: an already initialised Ray is reused).
+    Ray workers write their runs straight into ``out``: on a cluster, ``out`` must be a shared
+    filesystem mounted at the same absolute path on every node (NFS, a cluster volume), or the
+    runs land on the workers' disks and the driver finds no results to resume from or judge.
+    """
+    check_backend(backend, workers, address)
     root = Path(out)
     sweep = f"{protocol.name}-{budget}"
     specs = expand(protocol, budget, overrides)
@@ -165,7 +274,8 @@ def run_protocol(
     )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("runs", total=len(runs), completed=len(runs) - len(todo))
-        for finished in _execute(root, sweep, batches, workers, progress):
+        run = _execute(root, sweep, batches, backend=backend, workers=workers, address=address)
+        for finished in run:
             bar.advance(task, len(finished))
     store.write_manifest(root, sweep, protocol=protocol.name, runs=list(runs))
     sweep_path = store.sweep_dir(root, sweep)

@@ -211,6 +211,9 @@ def run(
         [], "--set", help="Override a config field for every run: key=value (JSON value)."
     ),
     batch_size: int = typer.Option(256, "--batch-size", help="Most runs per batched program."),
+    figures: bool = typer.Option(
+        True, "--figures/--no-figures", help="Draw the report's figures (slower) or not."
+    ),
 ) -> None:
     """Run protocols (resuming completed runs), write verdicts and the report."""
     from contextlib import ExitStack
@@ -251,7 +254,7 @@ def run(
                 f"{p.name}: [bold]{r.verdict.status}[/] ({r.ran} runs now, {r.skipped} resumed) "
                 f"- {r.verdict.summary}"
             )
-    path = write_report(out)
+    path = write_report(out, figures=figures)
     console.print(f"report: {path}")
 
 

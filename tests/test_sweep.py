@@ -102,7 +102,8 @@ def test_a_diverging_configuration_is_recorded(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_sigkilled_sweep_restarts_to_the_same_result_with_each_run_once(tiny, tmp_path):
-    cmd = [sys.executable, "-m", "grpo_lab.cli", "run", str(tiny), "--quick", "--batch-size", "1"]
+    cmd = [sys.executable, "-m", "grpo_lab.cli", "run", str(tiny), "--quick", "--batch-size", "1",
+           "--no-figures"]  # fmt: skip
     env = {**os.environ, "COLUMNS": "120"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,

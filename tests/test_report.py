@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import GRPO_DAPO, protocol_text
 
 from grpo_lab import report, stats, store
 from grpo_lab.protocols import load_protocol
@@ -22,49 +23,19 @@ from grpo_lab.sweep import run_protocol
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-EPS_LR = """
-name = "tiny-eps"
-claim = "a claim about eps"
-[env]
-name = "bandit"
-kwargs = { k = 3, seed = 0 }
-[[algorithms]]
-name = "grpo"
-config = { loss = "dapo", epochs = 2 }
-[grid]
-"loss.eps_low" = [0.1, 0.3]
-lr = [0.1, 0.5]
-seed = [0, 1]
-[budget.quick]
-iterations = 3
-[budget.full]
-iterations = 4
-[verdict]
-rule = "ratio-bound"
-"""
-
-SEEDS = """
-name = "tiny-seeds"
-claim = "a claim about algorithms"
-[env]
-name = "bandit"
-kwargs = { k = 3, seed = 0 }
-[[algorithms]]
-name = "grpo"
-config = { loss = "dapo", epochs = 2 }
-[[algorithms]]
-name = "trpo"
-label = "trpo-small"
-config = { delta = 0.01 }
-[grid]
-seed = [0, 1]
-[budget.quick]
-iterations = 3
-[budget.full]
-iterations = 4
-[verdict]
-rule = "trpo-bound"
-"""
+EPS_LR = protocol_text(
+    name="tiny-eps",
+    claim="a claim about eps",
+    grid='"loss.eps_low" = [0.1, 0.3]\nlr = [0.1, 0.5]\nseed = [0, 1]',
+)
+SEEDS = protocol_text(
+    name="tiny-seeds",
+    claim="a claim about algorithms",
+    grid="seed = [0, 1]",
+    algorithms=GRPO_DAPO
+    + '[[algorithms]]\nname = "trpo"\nlabel = "trpo-small"\nconfig = { delta = 0.01 }\n',
+    rule="trpo-bound",
+)
 
 
 @pytest.fixture(scope="module")

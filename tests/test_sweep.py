@@ -10,6 +10,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 from grpo_lab import store
@@ -17,26 +18,6 @@ from grpo_lab.algorithms import ALGORITHMS, Algorithm
 from grpo_lab.cli import app
 from grpo_lab.protocols import load_protocol
 from grpo_lab.sweep import run_protocol
-
-TINY = """
-name = "tiny"
-claim = "a claim"
-[env]
-name = "bandit"
-kwargs = { k = 3, seed = 0 }
-[[algorithms]]
-name = "grpo"
-config = { loss = "dapo", epochs = 2 }
-[grid]
-lr = [0.1, 0.5]
-seed = [0, 1, 2]
-[budget.quick]
-iterations = 3
-[budget.full]
-iterations = 4
-[verdict]
-rule = "ratio-bound"
-"""
 
 
 @pytest.fixture

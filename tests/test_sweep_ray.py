@@ -11,33 +11,13 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import TINY  # 2 lr x 3 seeds of GRPO on a 3-armed bandit
 from typer.testing import CliRunner
 
 from grpo_lab import store
 from grpo_lab.cli import app
 from grpo_lab.protocols import load_protocol
 from grpo_lab.sweep import ray_session, run_protocol
-
-# the TINY protocol of tests/test_sweep.py: 2 lr x 3 seeds of GRPO on a 3-armed bandit
-TINY = """
-name = "tiny"
-claim = "a claim"
-[env]
-name = "bandit"
-kwargs = { k = 3, seed = 0 }
-[[algorithms]]
-name = "grpo"
-config = { loss = "dapo", epochs = 2 }
-[grid]
-lr = [0.1, 0.5]
-seed = [0, 1, 2]
-[budget.quick]
-iterations = 3
-[budget.full]
-iterations = 4
-[verdict]
-rule = "ratio-bound"
-"""
 
 # A seed that passes config validation (``seed: int``, unbounded) but makes training raise in the
 # Ray worker: the tabular policy seeds its initial logits with torch.Generator().manual_seed(seed),
@@ -152,8 +132,7 @@ def test_a_raising_run_under_ray_is_recorded_as_under_local(ray_instance, tiny, 
 
 
 @pytest.mark.slow
-def test_cli_runs_on_ray(ray_instance, tmp_path, monkeypatch):
-    monkeypatch.setattr("grpo_lab.cli.write_report", lambda out: out / "report.md")  # no figures
+def test_cli_runs_on_ray(ray_instance, tmp_path):
     protocol = tmp_path / "tiny.toml"
     protocol.write_text(TINY)
     out = tmp_path / "out"
@@ -167,6 +146,7 @@ def test_cli_runs_on_ray(ray_instance, tmp_path, monkeypatch):
         "ray",
         "--workers",
         "2",
+        "--no-figures",
     ]
     r = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output

@@ -54,6 +54,9 @@ def _std_scale(x: Tensor) -> Tensor:
 
 SCALES.add("none", None)
 
+BaselineName = BASELINES.name_type()
+ScaleName = SCALES.name_type()
+
 
 def group_advantages(
     rewards: Tensor,

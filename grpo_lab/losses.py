@@ -26,9 +26,10 @@ the opposite of "encourages exploration". The correct sign is -c2 * H (PPO eq. 9
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from grpo_lab._checks import (
     as_mask,
@@ -39,7 +40,7 @@ from grpo_lab._checks import (
     check_same_shape,
     compute_dtype,
 )
-from grpo_lab.advantages import BASELINES, SCALES
+from grpo_lab.advantages import BaselineName, ScaleName
 from grpo_lab.registry import Registry
 
 Tensor = torch.Tensor
@@ -446,6 +447,11 @@ def entropy(
 # ----------------------------------------------------------------------------- recipes
 
 
+AggregationName = AGGREGATIONS.name_type()
+KLName = KL_ESTIMATORS.name_type()
+RatioLevelName = RATIO_LEVELS.name_type()
+
+
 class LossConfig(BaseModel):
     """One loss recipe: every knob a protocol can sweep, validated on construction.
 
@@ -459,35 +465,20 @@ class LossConfig(BaseModel):
     eps_low: float = Field(0.2, gt=0.0, lt=1.0)
     eps_high: float | None = Field(None, gt=0.0)
     dual_clip: float | None = Field(None, gt=1.0)
-    ratio_level: str = "token"
-    agg: str = "token-mean"
+    ratio_level: RatioLevelName = "token"
+    agg: AggregationName = "token-mean"
     max_len: int | None = Field(None, ge=1)
     # reference KL term: + beta * agg(kl_penalty(kind=kl_kind))
     beta: float = Field(0.0, ge=0.0)
-    kl_kind: str = "k3"
+    kl_kind: KLName = "k3"
     # entropy bonus (-ent_coef * H) and value term (+vf_coef * L_value)
     ent_coef: float = Field(0.0, ge=0.0)
     vf_coef: float = Field(0.0, ge=0.0)
     vf_clip: float | None = Field(None, gt=0.0)
     # advantages: "group" (group_advantages with adv_baseline / adv_scale) or "gae" (critic)
     advantage: str = "group"
-    adv_baseline: str = "mean"
-    adv_scale: str = "std"
-
-    @field_validator("ratio_level")
-    @classmethod
-    def _ratio_level(cls, v: str) -> str:
-        return RATIO_LEVELS.check(v)
-
-    @field_validator("agg")
-    @classmethod
-    def _agg(cls, v: str) -> str:
-        return AGGREGATIONS.check(v)
-
-    @field_validator("kl_kind")
-    @classmethod
-    def _kl_kind(cls, v: str) -> str:
-        return KL_ESTIMATORS.check(v)
+    adv_baseline: BaselineName = "mean"
+    adv_scale: ScaleName = "std"
 
     @field_validator("advantage")
     @classmethod
@@ -495,16 +486,6 @@ class LossConfig(BaseModel):
         if v not in ("group", "gae"):
             raise ValueError(f"unknown advantage {v!r}; choose one of ['gae', 'group']")
         return v
-
-    @field_validator("adv_baseline")
-    @classmethod
-    def _adv_baseline(cls, v: str) -> str:
-        return BASELINES.check(v)
-
-    @field_validator("adv_scale")
-    @classmethod
-    def _adv_scale(cls, v: str) -> str:
-        return SCALES.check(v)
 
     @model_validator(mode="after")
     def _eps_high(self) -> LossConfig:
@@ -548,6 +529,12 @@ PRESETS.add(
         advantage="gae",
     ),
 )
+
+
+# a LossConfig field that also accepts a preset name: loss = "dapo"
+LossSpec = Annotated[
+    LossConfig, BeforeValidator(lambda v: PRESETS.get(v) if isinstance(v, str) else v)
+]
 
 
 def preset(name: str) -> LossConfig:

@@ -93,6 +93,9 @@ class BatchedAdam(torch.optim.Optimizer):
                 p.sub_(_per_config(group["lr"], p, True) * (m / (1 - b1**t)) / denom)
 
 
+OptimizerName = OPTIMIZERS.name_type()
+
+
 def make_optimizer(
     name: str, params: Iterable[Tensor], lr: float | Tensor
 ) -> torch.optim.Optimizer:

@@ -7,7 +7,9 @@ raises a ``ValueError`` that names the argument, the bad value and every allowed
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator
 
 T = TypeVar("T")
 
@@ -43,6 +45,11 @@ class Registry(Generic[T]):
         """Return ``name`` if registered, else raise the same error as ``get``."""
         self.get(name)
         return name
+
+    def name_type(self) -> Any:
+        """A pydantic field type for a name of this registry: ``str`` checked by ``check``, so a
+        config model rejects an unknown name with the allowed ones in the message."""
+        return Annotated[str, AfterValidator(self.check)]
 
     def names(self) -> list[str]:
         return sorted(self._items)

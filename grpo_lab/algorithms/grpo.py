@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.common import (
@@ -43,13 +43,14 @@ from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
 from grpo_lab.losses import (
     PRESETS,
     LossConfig,
+    LossSpec,
     aggregation_weights,
     clipped_surrogate,
     kl_penalty,
     ratio_metrics,
 )
-from grpo_lab.optim import OPTIMIZERS, make_optimizer
-from grpo_lab.policies.tabular import POLICIES
+from grpo_lab.optim import OptimizerName, make_optimizer
+from grpo_lab.policies.tabular import POLICIES, PolicyName
 
 Tensor = torch.Tensor
 
@@ -62,34 +63,19 @@ class GRPOConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    loss: LossConfig = Field(default_factory=lambda: PRESETS.get("grpo"))
+    loss: LossSpec = Field(default_factory=lambda: PRESETS.get("grpo"))
     group_size: int = Field(8, ge=2)  # G episodes per start state
     num_groups: int = Field(8, ge=1)  # start states per batch
     epochs: int = Field(1, ge=1)  # K passes over each batch
     minibatches: int = Field(1, ge=1)  # optimiser steps per pass
     iterations: int = Field(50, ge=1)  # batches sampled
-    optimizer: str = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = Field(0.1, gt=0.0)
-    policy: str = "tabular"  # "tabular" softmax or "mlp"
+    policy: PolicyName = "tabular"  # "tabular" softmax or "mlp"
     init_std: float = Field(0.0, ge=0.0)  # tabular logits ~ N(0, init_std^2)
     max_steps: int = Field(1000, ge=1)  # safety cap on episode length
     seed: int = 0
     audit: bool = True  # exact instrumentation after every optimiser step
-
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _loss(cls, v: object) -> object:
-        return PRESETS.get(v) if isinstance(v, str) else v
-
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, v: str) -> str:
-        return OPTIMIZERS.check(v)
-
-    @field_validator("policy")
-    @classmethod
-    def _policy(cls, v: str) -> str:
-        return POLICIES.check(v)
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:

@@ -74,14 +74,15 @@ from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
 from grpo_lab.losses import (
     PRESETS,
     LossConfig,
+    LossSpec,
     aggregate,
     clipped_surrogate,
     ratio_metrics,
     token_entropy,
     value_loss,
 )
-from grpo_lab.optim import OPTIMIZERS, make_optimizer
-from grpo_lab.policies.tabular import POLICIES
+from grpo_lab.optim import OptimizerName, make_optimizer
+from grpo_lab.policies.tabular import POLICIES, PolicyName
 
 Tensor = torch.Tensor
 
@@ -177,7 +178,7 @@ class PPOConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    loss: LossConfig = Field(default_factory=lambda: PRESETS.get("ppo"))
+    loss: LossSpec = Field(default_factory=lambda: PRESETS.get("ppo"))
     gamma_gae: float | None = Field(None, ge=0.0, le=1.0)  # None: the MDP's gamma
     lam: float = Field(0.95, ge=0.0, le=1.0)  # GAE lambda
     norm_adv: bool = True  # normalise A over each minibatch (CleanRL)
@@ -185,30 +186,15 @@ class PPOConfig(BaseModel):
     epochs: int = Field(4, ge=1)  # K passes over each batch
     minibatches: int = Field(4, ge=1)  # optimiser steps per pass
     iterations: int = Field(50, ge=1)  # batches sampled
-    optimizer: str = "adam"
+    optimizer: OptimizerName = "adam"
     lr: float = Field(0.05, gt=0.0, allow_inf_nan=False)  # policy and critic
     max_grad_norm: float | None = Field(0.5, gt=0.0)  # per configuration; None: no clipping
     critic: str = "tabular"  # value table (C, S) or "mlp" over one-hot states
-    policy: str = "tabular"  # "tabular" softmax or "mlp"
+    policy: PolicyName = "tabular"  # "tabular" softmax or "mlp"
     init_std: float = Field(0.0, ge=0.0)  # tabular logits ~ N(0, init_std^2)
     max_steps: int = Field(1000, ge=1)  # safety cap on episode length
     seed: int = 0
     audit: bool = True  # exact instrumentation after every optimiser step
-
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _loss(cls, v: object) -> object:
-        return PRESETS.get(v) if isinstance(v, str) else v
-
-    @field_validator("optimizer")
-    @classmethod
-    def _optimizer(cls, v: str) -> str:
-        return OPTIMIZERS.check(v)
-
-    @field_validator("policy")
-    @classmethod
-    def _policy(cls, v: str) -> str:
-        return POLICIES.check(v)
 
     @field_validator("critic")
     @classmethod

@@ -58,7 +58,12 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from grpo_lab.advantages import BASELINES, SCALES, group_advantages, masked_gae
+from grpo_lab.advantages import (
+    BaselineName,
+    ScaleName,
+    group_advantages,
+    masked_gae,
+)
 from grpo_lab.algorithms.common import (
     RunRecord,
     check_batchable,
@@ -74,7 +79,7 @@ from grpo_lab.envs.tabular import (
 )
 from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
 from grpo_lab.optim import make_optimizer
-from grpo_lab.policies.tabular import POLICIES
+from grpo_lab.policies.tabular import POLICIES, PolicyName
 
 Tensor = torch.Tensor
 
@@ -117,8 +122,8 @@ class TRPOConfig(BaseModel):
     backtrack_iters: int = Field(10, ge=1)  # fractions tried before the step is rejected
     # advantages: "gae" (tabular critic) or "group" (outcome advantages, needs group_size >= 2)
     advantage: str = "gae"
-    adv_baseline: str = "mean"  # group: "mean" (GRPO) or "leave-one-out" (RLOO)
-    adv_scale: str = "std"  # group: "std" (GRPO) or "none" (Dr. GRPO)
+    adv_baseline: BaselineName = "mean"  # group: "mean" (GRPO) or "leave-one-out" (RLOO)
+    adv_scale: ScaleName = "std"  # group: "std" (GRPO) or "none" (Dr. GRPO)
     gamma_gae: float | None = Field(None, ge=0.0, le=1.0)  # GAE discount; None: the MDP's gamma
     lam: float = Field(0.95, ge=0.0, le=1.0)  # GAE lambda
     vf_lr: float = Field(0.1, gt=0.0, allow_inf_nan=False)  # critic Adam learning rate
@@ -128,7 +133,7 @@ class TRPOConfig(BaseModel):
     group_size: int = Field(8, ge=1)  # episodes per start state
     iterations: int = Field(50, ge=1)  # batches sampled = TRPO updates
     # policy and bookkeeping
-    policy: str = "tabular"  # "tabular" softmax or "mlp"
+    policy: PolicyName = "tabular"  # "tabular" softmax or "mlp"
     init_std: float = Field(0.0, ge=0.0)  # tabular logits ~ N(0, init_std^2)
     max_steps: int = Field(1000, ge=1)  # safety cap on episode length
     seed: int = 0
@@ -148,21 +153,6 @@ class TRPOConfig(BaseModel):
         if v not in ADVANTAGES:
             raise ValueError(f"unknown advantage {v!r}; choose one of {list(ADVANTAGES)}")
         return v
-
-    @field_validator("adv_baseline")
-    @classmethod
-    def _adv_baseline(cls, v: str) -> str:
-        return BASELINES.check(v)
-
-    @field_validator("adv_scale")
-    @classmethod
-    def _adv_scale(cls, v: str) -> str:
-        return SCALES.check(v)
-
-    @field_validator("policy")
-    @classmethod
-    def _policy(cls, v: str) -> str:
-        return POLICIES.check(v)
 
     @model_validator(mode="after")
     def _check(self) -> TRPOConfig:

@@ -149,3 +149,4 @@ def frozen(policy: nn.Module) -> nn.Module:
 POLICIES: Registry[type[nn.Module]] = Registry("policy")
 POLICIES.add("tabular", TabularSoftmaxPolicy)
 POLICIES.add("mlp", MLPPolicy)
+PolicyName = POLICIES.name_type()

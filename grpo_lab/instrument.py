@@ -28,6 +28,8 @@ Improvement (stationary MDPs, horizon None; NaN otherwise):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from grpo_lab.envs.tabular import (
@@ -55,9 +57,38 @@ def _live(mdp: TabularMDP, like: Tensor) -> Tensor:
     return live.expand(like.shape[:-1]) if live.dim() < like.dim() - 1 else live
 
 
+@dataclass(frozen=True)
+class OldPolicy:
+    """pi_old's exact quantities, computed once per batch and shared by the audits of every
+    optimiser step against it (pi_old is fixed for K epochs x minibatches). Shapes as probs:
+    probs (C, S, A), d and x (C, S), adv (C, S, A) (None with a horizon), j (C,)."""
+
+    probs: Tensor
+    d: Tensor
+    x: Tensor | None
+    adv: Tensor | None
+    j: Tensor
+
+    @classmethod
+    def of(cls, mdp: TabularMDP, probs_old: Tensor) -> OldPolicy:
+        with torch.no_grad():
+            stationary = mdp.horizon is None
+            return cls(
+                probs=probs_old,
+                d=state_visitation(mdp, probs_old),
+                x=state_occupancy(mdp, probs_old) if stationary else None,
+                adv=advantages(mdp, probs_old) if stationary else None,
+                j=exact_return(mdp, probs_old),
+            )
+
+
+def _old(mdp: TabularMDP, probs_old: Tensor | OldPolicy) -> OldPolicy:
+    return probs_old if isinstance(probs_old, OldPolicy) else OldPolicy.of(mdp, probs_old)
+
+
 def exact_ratio_audit(
     mdp: TabularMDP,
-    probs_old: Tensor,
+    probs_old: Tensor | OldPolicy,
     probs_new: Tensor,
     eps_low: Scalar,
     eps_high: Scalar,
@@ -67,9 +98,9 @@ def exact_ratio_audit(
     Shapes: probs (S, A) | (C, S, A); eps numbers or (C,) -> each entry () | (C,).
     """
     with torch.no_grad():
-        d = state_visitation(mdp, probs_old)  # (C, S)
-        w = d.unsqueeze(-1) * probs_old  # (C, S, A) state-action visitation
-        r = probs_new / probs_old
+        old = _old(mdp, probs_old)
+        w = old.d.unsqueeze(-1) * old.probs  # (C, S, A) state-action visitation
+        r = probs_new / old.probs
         lo, hi = 1.0 - _per_config(eps_low, r), 1.0 + _per_config(eps_high, r)
         support = w > 0
         inf = torch.tensor(float("inf"), dtype=r.dtype, device=r.device)
@@ -84,15 +115,18 @@ def exact_ratio_audit(
         }
 
 
-def policy_change(mdp: TabularMDP, probs_old: Tensor, probs_new: Tensor) -> dict[str, Tensor]:
+def policy_change(
+    mdp: TabularMDP, probs_old: Tensor | OldPolicy, probs_new: Tensor
+) -> dict[str, Tensor]:
     """Exact KL(pi_old || pi_new) (mean under d^{pi_old}, max over non-terminal states) and the
     largest total variation distance (module docstring). Shapes: (S, A) | (C, S, A) -> () | (C,).
     """
     with torch.no_grad():
-        d = state_visitation(mdp, probs_old)  # (C, S)
-        kl = kl_divergence(probs_old, probs_new)  # (C, S)
-        tv = total_variation(probs_old, probs_new)  # (C, S)
-        live = _live(mdp, probs_old)
+        old = _old(mdp, probs_old)
+        d = old.d  # (C, S)
+        kl = kl_divergence(old.probs, probs_new)  # (C, S)
+        tv = total_variation(old.probs, probs_new)  # (C, S)
+        live = _live(mdp, old.probs)
         zero = torch.zeros((), dtype=kl.dtype, device=kl.device)
         return {
             "kl_mean": (d * kl).sum(-1),
@@ -103,7 +137,7 @@ def policy_change(mdp: TabularMDP, probs_old: Tensor, probs_new: Tensor) -> dict
 
 def improvement(
     mdp: TabularMDP,
-    probs_old: Tensor,
+    probs_old: Tensor | OldPolicy,
     probs_new: Tensor,
     eps_low: Scalar = 0.2,
     eps_high: Scalar | None = None,
@@ -114,23 +148,22 @@ def improvement(
     """
     eps_high = eps_low if eps_high is None else eps_high
     with torch.no_grad():
-        j_old = exact_return(mdp, probs_old)
-        true_gain = exact_return(mdp, probs_new) - j_old
+        old = _old(mdp, probs_old)
+        true_gain = exact_return(mdp, probs_new) - old.j
         out = {"true_gain": true_gain}
         if mdp.horizon is not None:  # the stationary identities below do not hold
             nan = torch.full_like(true_gain, float("nan"))
             for k in ("surrogate_gain", "clipped_gain", "trpo_bound", "bound_slack"):
                 out[k] = nan
             return out
-        x = state_occupancy(mdp, probs_old)  # (C, S)
-        adv = advantages(mdp, probs_old)  # (C, S, A)
-        r = probs_new / probs_old
+        x, adv = old.x, old.adv  # (C, S), (C, S, A)
+        r = probs_new / old.probs
         lo, hi = 1.0 - _per_config(eps_low, r), 1.0 + _per_config(eps_high, r)
         surrogate = (x.unsqueeze(-1) * probs_new * adv).sum(dim=(-2, -1))
         clipped = torch.minimum(r * adv, torch.minimum(torch.maximum(r, lo), hi) * adv)
-        clipped_gain = (x.unsqueeze(-1) * probs_old * clipped).sum(dim=(-2, -1))
-        kl_max = policy_change(mdp, probs_old, probs_new)["kl_max"]
-        live = _live(mdp, probs_old).unsqueeze(-1)
+        clipped_gain = (x.unsqueeze(-1) * old.probs * clipped).sum(dim=(-2, -1))
+        kl_max = policy_change(mdp, old, probs_new)["kl_max"]
+        live = _live(mdp, old.probs).unsqueeze(-1)
         eps_a = torch.where(live, adv.abs(), torch.zeros_like(adv)).amax(dim=(-2, -1))
         c = 4.0 * eps_a * mdp.gamma / (1.0 - mdp.gamma) ** 2
         bound = surrogate - c * kl_max

@@ -39,7 +39,7 @@ from grpo_lab.envs.tabular import (
     optimal_return,
     sample_groups,
 )
-from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
+from grpo_lab.instrument import OldPolicy, exact_ratio_audit, improvement, policy_change
 from grpo_lab.losses import (
     PRESETS,
     LossConfig,
@@ -264,7 +264,8 @@ class GRPOTrainer:
         ).reshape(C, -1)  # (C, N)
         old_logp = gather_logp(old_table, ep.states, ep.actions)  # (C, K)
         grp_r = returns.reshape(C, n_groups, G)
-        j_old = exact_return(mdp, probs_old)
+        old_stats = OldPolicy.of(mdp, probs_old)  # pi_old's exact quantities, once per batch
+        j_old = old_stats.j
         it_metrics = {
             "iteration": torch.full((C,), float(it)),
             "J": j_old,
@@ -331,9 +332,9 @@ class GRPOTrainer:
                 if cfg.audit:
                     probs_new = self.table().detach().exp()
                     el, eh = self.eps_low, self.eps_high
-                    metrics.update(exact_ratio_audit(mdp, probs_old, probs_new, el, eh))
-                    metrics.update(policy_change(mdp, probs_old, probs_new))
-                    metrics.update(improvement(mdp, probs_old, probs_new, el, eh))
+                    metrics.update(exact_ratio_audit(mdp, old_stats, probs_new, el, eh))
+                    metrics.update(policy_change(mdp, old_stats, probs_new))
+                    metrics.update(improvement(mdp, old_stats, probs_new, el, eh))
                 metrics["iteration"] = torch.full((C,), float(it))
                 rec.log("step", metrics, self.alive)
                 self.step += 1

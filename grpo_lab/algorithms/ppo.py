@@ -70,7 +70,7 @@ from grpo_lab.envs.tabular import (
     sample_groups,
     state_values,
 )
-from grpo_lab.instrument import exact_ratio_audit, improvement, policy_change
+from grpo_lab.instrument import OldPolicy, exact_ratio_audit, improvement, policy_change
 from grpo_lab.losses import (
     PRESETS,
     LossConfig,
@@ -443,7 +443,8 @@ def train_ppo(
                 visited, (v_table_old - v_true).abs(), torch.zeros((), dtype=dt, device=device)
             )
             critic_error = err.sum(-1) / visited.sum(-1)
-        j_old = exact_return(mdp, probs_old)
+        old_stats = OldPolicy.of(mdp, probs_old)  # pi_old's exact quantities, once per batch
+        j_old = old_stats.j
         rec.log(
             "iter",
             {
@@ -524,10 +525,10 @@ def train_ppo(
                     if cfg.audit:
                         probs_new = new_table.exp()
                         metrics.update(
-                            exact_ratio_audit(mdp, probs_old, probs_new, eps_low, eps_high)
+                            exact_ratio_audit(mdp, old_stats, probs_new, eps_low, eps_high)
                         )
-                        metrics.update(policy_change(mdp, probs_old, probs_new))
-                        metrics.update(improvement(mdp, probs_old, probs_new, eps_low, eps_high))
+                        metrics.update(policy_change(mdp, old_stats, probs_new))
+                        metrics.update(improvement(mdp, old_stats, probs_new, eps_low, eps_high))
                 metrics["iteration"] = torch.full((C,), float(it))
                 rec.log("step", metrics, alive)
                 step += 1

@@ -337,14 +337,7 @@ def ratio_metrics(
         dt = ratio.dtype
         m = mask.to(dt)
         n = m.sum(dim=(-2, -1))
-        a = advantages.to(dt)
-        low = (ratio < 1.0 - eps_low) & mask
-        high = (ratio > 1.0 + eps_high) & mask
-        if dual_clip is not None:
-            dual = (a < 0) & (ratio > dual_clip) & mask
-        else:
-            dual = torch.zeros_like(mask)
-        zeroed = ((a > 0) & high) | ((a < 0) & low) | dual
+        low, high, zeroed, dual = _clip_masks(ratio, advantages, mask, eps_low, eps_high, dual_clip)
         log_r = torch.where(mask, logp.to(dt) - old_logp.to(dt), torch.zeros((), dtype=dt))
         inf = torch.tensor(float("inf"), dtype=dt, device=ratio.device)
 
@@ -360,6 +353,46 @@ def ratio_metrics(
             "clip_frac": frac(zeroed),
             "dual_clip_frac": frac(dual),
             "approx_kl": ((torch.expm1(log_r) - log_r) * m).sum(dim=(-2, -1)) / n,
+        }
+
+
+def _clip_masks(
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: Scalar,
+    eps_high: Scalar,
+    dual_clip: Scalar | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Masks (..., B, T): r below / above the clip range, gradient zeroed by clipping, dual clip."""
+    a = advantages.to(ratio.dtype)
+    low = (ratio < 1.0 - eps_low) & mask
+    high = (ratio > 1.0 + eps_high) & mask
+    if dual_clip is not None:
+        dual = (a < 0) & (ratio > dual_clip) & mask
+    else:
+        dual = torch.zeros_like(mask)
+    zeroed = ((a > 0) & high) | ((a < 0) & low) | dual
+    return low, high, zeroed, dual
+
+
+def clip_fractions(
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: Scalar,
+    eps_high: Scalar,
+    dual_clip: Scalar | None = None,
+) -> dict[str, Tensor]:
+    """Of one optimiser step's gradient: the fraction of unmasked tokens whose gradient clipping
+    zeroes (``grad_clip_frac``) and, of those, by the dual clip (``grad_dual_clip_frac``).
+    Shapes: (..., B, T) -> (...) each; the cheap part of ``ratio_metrics``."""
+    with torch.no_grad():
+        _, _, zeroed, dual = _clip_masks(ratio, advantages, mask, eps_low, eps_high, dual_clip)
+        n = mask.sum(dim=(-2, -1)).to(ratio.dtype)
+        return {
+            "grad_clip_frac": zeroed.sum(dim=(-2, -1)).to(ratio.dtype) / n,
+            "grad_dual_clip_frac": dual.sum(dim=(-2, -1)).to(ratio.dtype) / n,
         }
 
 

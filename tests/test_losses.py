@@ -15,6 +15,7 @@ from grpo_lab.losses import (
     LossConfig,
     aggregate,
     aggregation_weights,
+    clip_fractions,
     clipped_surrogate,
     entropy,
     kl_penalty,
@@ -568,3 +569,13 @@ def test_aggregation_weights_equal_aggregate_on_the_padded_layout(mode):
     n_seq = (lengths > 0).sum(-1)
     w = aggregation_weights(mode, flat_mask, seq_len, n_seq, b, 7, dtype=torch.float64)
     torch.testing.assert_close((w * v.reshape(c, b * t)).sum(-1), expected)
+
+
+def test_clip_fractions_hand_worked():
+    # The hand-worked batch: gradient zeroed at 3 of 5 tokens (clipped high with A > 0, clipped
+    # low with A < 0, dual-clipped), 1 of them by the dual clip.
+    ratio = torch.where(MASK.bool(), RATIOS, torch.zeros(()))
+    a = ADV[:, None].expand_as(RATIOS)
+    f = clip_fractions(ratio, a, MASK.bool(), 0.2, 0.2, dual_clip=3.0)
+    assert f["grad_clip_frac"].item() == pytest.approx(3 / 5)
+    assert f["grad_dual_clip_frac"].item() == pytest.approx(1 / 5)

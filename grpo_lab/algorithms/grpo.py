@@ -45,6 +45,7 @@ from grpo_lab.losses import (
     LossConfig,
     LossSpec,
     aggregation_weights,
+    clip_fractions,
     clipped_surrogate,
     kl_penalty,
     ratio_metrics,
@@ -167,8 +168,8 @@ def grpo_loss(
         dtype=dt,
     )  # (C, K)
     loss = (w * per_tok).sum(-1)  # (C,)
-    pre = _packed_ratio_metrics(logp, old_logp, ratio, a, mask, el, eh, c.dual_clip)
-    metrics = {"grad_clip_frac": pre["clip_frac"], "grad_dual_clip_frac": pre["dual_clip_frac"]}
+    rows = (ratio.unsqueeze(1), a.unsqueeze(1), mask.unsqueeze(1))  # (C, 1, K): a row per config
+    metrics = clip_fractions(*rows, el.unsqueeze(-1), eh.unsqueeze(-1), c.dual_clip)
     metrics["pg_loss"] = loss.detach()
     if c.beta > 0:
         ref_logp = gather_logp(ref_table, ep.states, ep.actions)

@@ -76,6 +76,7 @@ from grpo_lab.losses import (
     LossConfig,
     LossSpec,
     aggregate,
+    clip_fractions,
     clipped_surrogate,
     ratio_metrics,
     token_entropy,
@@ -349,15 +350,14 @@ def ppo_loss(
         logp, old_logp, adv, mask, el, eh, c.dual_clip, c.ratio_level
     )
     pg = aggregate(per_step, mask, c.agg, c.max_len)  # (C,)
-    pre = ratio_metrics(logp, old_logp, ratio, adv, mask, el, eh, c.dual_clip)  # this step's
+    pre = clip_fractions(ratio, adv, mask, el, eh, c.dual_clip)  # of this step's gradient
     values = values_at(v_table, states, mask)  # (C, N, T)
     vl, vf_clip_frac = _value_term(values, old_values, returns, mask, c)  # (C,)
     rows = logp_table.gather(1, states.reshape(C, -1, 1).expand(-1, -1, A))  # (C, N*T, A)
     ent = aggregate(token_entropy(rows.reshape(*states.shape, A)), mask, c.agg, c.max_len)  # (C,)
     loss = pg + c.vf_coef * vl - c.ent_coef * ent
     metrics = {
-        "grad_clip_frac": pre["clip_frac"],  # gradient zeroed by clipping in this step
-        "grad_dual_clip_frac": pre["dual_clip_frac"],
+        **pre,
         "pg_loss": pg.detach(),
         "value_loss": vl.detach(),
         "vf_clip_frac": vf_clip_frac,

@@ -34,6 +34,7 @@ from grpo_lab.envs.tabular import (
     state_visitation,
     total_variation,
 )
+from grpo_lab.policies.tabular import frozen
 
 Tensor = torch.Tensor
 
@@ -177,9 +178,9 @@ def validate_grpo_convergence(
     metrics: dict = {k: [] for k in keys}
     metrics["converged_at"] = {"seed": None, "exact": None}
     for epoch in range(num_epochs):
-        old = _table(policy)
+        old_policy = frozen(policy)  # the seed's copy.deepcopy(policy)
         losses = _as_losses(trainer, trainer.update(epoch))
-        change = measure_policy_change(_Frozen(old), policy, dataset)
+        change = measure_policy_change(old_policy, policy, dataset)
         j = float(exact_return(dataset.mdp, _table(policy).exp()))
         metrics["policy_updates"].append(change)
         metrics["policy_loss"].append(losses["policy_loss"])
@@ -203,14 +204,3 @@ def validate_grpo_convergence(
         if stop_on != "none" and fired[stop_on] is not None:
             break
     return metrics
-
-
-class _Frozen(torch.nn.Module):
-    """A fixed (S, A) log-probability table with the policy interface."""
-
-    def __init__(self, table: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("table", table)
-
-    def log_probs(self) -> Tensor:
-        return self.table

@@ -13,6 +13,7 @@ are also checked against the batched ones: the same seeds must give the same fin
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 
@@ -41,7 +42,12 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=200)
     ap.add_argument("--loop-sample", type=int, default=8)
     ap.add_argument("--no-audit", action="store_true", help="skip the exact per-step audit")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both paths)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch intra-op threads, the same for both paths (default: the cores available)",
+    )
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

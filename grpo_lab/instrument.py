@@ -176,15 +176,31 @@ def improvement(
         return out
 
 
+def _bonferroni_p(z_max: float, num: int) -> float:
+    """Two-sided p-value of the largest of ``num`` |z| scores under N(0, 1), Bonferroni-corrected:
+    min(1, num * 2 (1 - Phi(z_max))). Valid (conservative) for correlated components."""
+    from scipy.stats import norm
+
+    if num == 0:
+        return 1.0
+    return float(min(1.0, num * 2.0 * norm.sf(z_max)))
+
+
 def gradient_quality(samples: Tensor, true_grad: Tensor, scale: float = 1.0) -> dict[str, float]:
     """Compare N independent gradient estimates with the exact gradient times ``scale``.
 
-    Shapes: samples (N, ...) , true_grad (...). With g_bar the sample mean, Sigma the sample
-    covariance (per component here: its diagonal) and g = scale * true_grad:
-        bias_z_max   max_k |g_bar_k - g_k| / (sd_k / sqrt(N))   (over components with sd_k > 0)
-        bias_chi2    sum_k ((g_bar_k - g_k) / (sd_k / sqrt(N)))^2 and its dof ``num_components``
+    Shapes: samples (N, ...) , true_grad (...). With g_bar the sample mean, sd_k the per-component
+    sample standard deviation, se_k = sd_k / sqrt(N) and g = scale * true_grad:
+        bias_z_max   max_k |g_bar_k - g_k| / se_k   (over components with sd_k > 0)
+        bias_chi2    sum_k ((g_bar_k - g_k) / se_k)^2 and its dof ``num_components``
+        p_bias       Bonferroni p-value of bias_z_max: small means E[estimate] != g
         cosine       cos(g_bar, g);  rel_norm_error  ||g_bar - g|| / ||g||
         mean_norm, true_norm, trace_cov (sum of per-component variances of one estimate)
+        noise_rel    ||se|| / ||g||: the Monte Carlo error of g_bar relative to the truth
+    and "in direction", after the least-squares multiple alpha = <g_bar, g> / <g, g> (a constant
+    factor only rescales the step size, a learning rate absorbs it):
+        fit_scale    alpha;  dir_z_max, p_direction  as above for g_bar - alpha g
+        dir_rel_error  ||g_bar - alpha g|| / ||alpha g||: the size of the bias in direction
     An unbiased estimator has each z ~ N(0, 1) for large N, so ``bias_z_max`` beyond ~5 means bias.
     A component with zero variance must match exactly (it adds +inf to the statistics if not).
     """
@@ -199,19 +215,36 @@ def gradient_quality(samples: Tensor, true_grad: Tensor, scale: float = 1.0) -> 
     mean = x.mean(0)
     sd = x.std(0, correction=1)
     se = sd / n**0.5
-    diff = mean - g
     exact = se == 0
-    z = torch.where(exact, torch.zeros_like(diff), diff / torch.where(exact, 1.0, se))
-    z = torch.where(exact & (diff.abs() > 1e-12 * (1 + g.abs())), float("inf"), z)
+
+    def zs(diff: Tensor, ref: Tensor) -> Tensor:
+        z = torch.where(exact, torch.zeros_like(diff), diff / torch.where(exact, 1.0, se))
+        return torch.where(exact & (diff.abs() > 1e-12 * (1 + ref.abs())), float("inf"), z)
+
+    diff = mean - g
+    z = zs(diff, g)
     gn = g.norm()
+    alpha = float(torch.dot(mean, g) / gn**2) if gn > 0 else float("nan")
+    g_fit = alpha * g
+    z_dir = zs(mean - g_fit, g_fit) if gn > 0 else torch.full_like(z, float("nan"))
+    d = int((~exact).sum())
+    z_max, z_dir_max = float(z.abs().max()), float(z_dir.abs().max())
     return {
-        "bias_z_max": float(z.abs().max()),
+        "bias_z_max": z_max,
         "bias_chi2": float((z**2).sum()),
-        "num_components": int((~exact).sum()),
+        "num_components": d,
+        "p_bias": _bonferroni_p(z_max, d),
         "cosine": float(torch.dot(mean, g) / (mean.norm() * gn)) if gn > 0 else float("nan"),
         "rel_norm_error": float(diff.norm() / gn) if gn > 0 else float("nan"),
         "mean_norm": float(mean.norm()),
         "true_norm": float(gn),
         "trace_cov": float((sd**2).sum()),
+        "noise_rel": float(se.norm() / gn) if gn > 0 else float("nan"),
+        "fit_scale": alpha,
+        "dir_z_max": z_dir_max,
+        "p_direction": _bonferroni_p(z_dir_max, d) if gn > 0 else float("nan"),
+        "dir_rel_error": float((mean - g_fit).norm() / g_fit.norm())
+        if gn > 0 and alpha != 0
+        else float("nan"),
         "num_samples": n,
     }

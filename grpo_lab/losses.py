@@ -185,6 +185,54 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
     return fn(ref_logp.to(dt) - logp.to(dt))
 
 
+# ----------------------------------------------------------------------------- importance weights
+
+IS_LEVELS = ("token", "sequence")
+
+
+def importance_weights(
+    log_w: Tensor,
+    mask: Tensor,
+    level: str = "token",
+    cap: float | None = None,
+    episode: Tensor | None = None,
+) -> Tensor:
+    """Importance weights that correct data sampled from a behaviour policy mu towards pi
+    (design.md §3, "Importance sampling"), with log_w = log pi(a_t|s_t) - log mu(a_t|s_t):
+
+        token      w_{i,t} = pi(a_t|s_t) / mu(a_t|s_t)                  (per-token correction)
+        sequence   W_i = prod_t w_{i,t} = exp(sum_t log_w_{i,t}), shared by every token of i
+        cap = c    min(w, c): truncated IS (IMPALA's truncation, arXiv 1802.01561 eq. 1)
+
+    E_mu[W_i f(tau_i)] = E_pi[f(tau)] for any f of the whole sequence: only the untruncated
+    sequence weight is unbiased for a sequence-level estimator such as the policy gradient; the
+    token weight corrects the action at t but not the distribution of the state it was taken in.
+    Weights are constants for the gradient (``log_w`` is detached).
+
+    Shapes: log_w, mask (..., T) with the last axis a sequence; or, with ``episode`` (..., K)
+    long, packed rows where tokens with the same episode index form a sequence. Returns (..., T)
+    (or (..., K)), 0 at masked positions.
+    """
+    if level not in IS_LEVELS:
+        raise ValueError(f"unknown level {level!r}; choose one of {list(IS_LEVELS)}")
+    if cap is not None and not cap > 0:
+        raise ValueError(f"cap must be > 0 or None, got {cap!r}")
+    log_w = log_w.detach()
+    zero = torch.zeros((), dtype=log_w.dtype, device=log_w.device)
+    lw = torch.where(mask, log_w, zero)  # (..., T)
+    if level == "sequence":
+        if episode is None:
+            lw = lw.sum(-1, keepdim=True).expand_as(lw)
+        else:  # packed: per-episode sums, read back at each token
+            num = int(episode.max()) + 1 if episode.numel() else 0
+            seq = torch.zeros(*lw.shape[:-1], num, dtype=lw.dtype, device=lw.device)
+            lw = seq.scatter_add(-1, episode, lw).gather(-1, episode)
+    w = torch.exp(lw)
+    if cap is not None:
+        w = w.clamp_max(cap)
+    return torch.where(mask, w, zero)
+
+
 # ----------------------------------------------------------------------------- policy loss
 
 

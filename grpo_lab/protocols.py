@@ -630,3 +630,72 @@ def _improvement(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dic
     if high < 0.5:
         return "violated", desc, evidence
     return "inconclusive", desc, evidence
+
+
+@VERDICTS.register("unbiased")
+def _unbiased(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A claim that a gradient estimator is unbiased (the seed: "Importance sampling correction
+    maintains unbiased gradient estimates"), on gradient experiments (``ALGORITHMS["gradient"]``:
+    the Monte Carlo mean of N estimates against the exact grad J).
+
+    ``test`` "direction" (default) compares the mean with its least-squares multiple of grad J (a
+    constant factor is absorbed by the learning rate); "scale" compares it with grad J itself. Per
+    run: **biased** when the Bonferroni p-value of the largest |z| (``p_direction`` / ``p_bias``)
+    is below ``alpha`` / R (R runs judged: Bonferroni over runs too); **unbiased** when not and the
+    relative bias, bounded above by its estimate + 3 x the relative Monte Carlo error, is below
+    ``tolerance``; else undetermined. The claim covers the runs whose ``cfg.label`` is in
+    ``subject`` (default: all): violated if any is biased, holds if all are unbiased, else
+    inconclusive. The evidence has a line per estimator (label), subject or not.
+    """
+    test = params.get("test", "direction")
+    if test not in ("direction", "scale"):
+        raise ValueError(f"test must be 'direction' or 'scale', got {test!r}")
+    alpha = float(params.get("alpha", 0.01))
+    tol = float(params.get("tolerance", 0.1))
+    p_col, err_col = (
+        ("p_direction", "dir_rel_error") if test == "direction" else ("p_bias", "rel_norm_error")
+    )
+    s = data.summary
+    if s is None or p_col not in s.columns:
+        return "inconclusive", "no gradient experiment in the sweep", {"runs": 0}
+    s = s[s["status"] != "error"].copy()
+    subject = params.get("subject")
+    judged = s[s["cfg.label"].isin(subject)] if subject else s
+    n = len(judged)
+    a_run = alpha / max(n, 1)
+    rel_noise = s["noise_rel"] / (s["fit_scale"].abs() if test == "direction" else 1.0)
+    s["mc_error"] = rel_noise
+    s["bias_upper"] = s[err_col] + 3.0 * rel_noise
+    s["verdict"] = [
+        "biased" if p < a_run else ("unbiased" if u < tol else "undetermined")
+        for p, u in zip(s[p_col], s["bias_upper"], strict=True)
+    ]
+    evidence: dict[str, Any] = {
+        "test": test,
+        "alpha_per_run": a_run,
+        "tolerance": tol,
+        "subject": subject or "all runs",
+    }
+    for label, g in s.groupby("cfg.label", sort=False):  # one line per estimator
+        counts = g["verdict"].value_counts()
+        evidence[f"estimator {label}"] = (
+            ", ".join(f"{k} {v}/{len(g)}" for k, v in counts.items())
+            + f"; relative bias {g[err_col].min():.3g}-{g[err_col].max():.3g}"
+            + f" (MC error {g['mc_error'].max():.2g}); min p {g[p_col].min():.2g};"
+            + f" cosine {g['cosine'].min():.3f}-{g['cosine'].max():.3f}"
+        )
+    if n == 0:
+        return "inconclusive", f"no run labelled {subject} in the sweep", evidence
+    v = s.loc[judged.index, "verdict"]
+    biased = sorted(set(judged.loc[v == "biased", "cfg.label"]))
+    unbiased_all = sorted(set(s.loc[s["verdict"] == "unbiased", "cfg.label"]))
+    evidence["biased"] = biased
+    desc = (
+        f"{int((v == 'biased').sum())} of {n} runs biased in {test} (p < {a_run:.2g}); "
+        f"unbiased within {tol:g}: {unbiased_all or 'none'}"
+    )
+    if (v == "biased").any():
+        return "violated", f"biased: {biased}; " + desc, evidence
+    if (v == "unbiased").all():
+        return "holds", desc, evidence
+    return "inconclusive", desc, evidence

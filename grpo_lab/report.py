@@ -144,8 +144,10 @@ def load_sweep(path: str | Path) -> SweepData:
         except (ValueError, OSError) as e:
             data.notes.append(f"{kind} not loaded: {e}")
             continue
+        ok = data.summary is not None and (data.summary["status"] != "error").any()
         if kind != "summary" and not len(df):
-            data.notes.append(f"no {kind} rows (every complete run failed)")
+            why = "these runs record no steps" if ok else "every complete run failed"
+            data.notes.append(f"no {kind} rows ({why})")
         setattr(data, kind, df if len(df) else None)
     if data.summary is not None and data.summary.attrs.get("skipped"):
         data.notes.append(
@@ -316,9 +318,12 @@ FIGURE_ORDER = (
     "trpo-bound-slack",
     "gain-vs-bounds",
     "algorithm-comparison",
+    "gradient-bias",
 )
 # the figure that is the verdict's evidence comes first (protocol name or verdict rule name)
 PRIMARY = {
+    "importance-sampling": ("gradient-bias",),
+    "gradient-bias": ("gradient-bias",),
     "ratio-bound": ("exact-ratio", "eps-lr-heatmaps"),
     "trpo-bound": ("trpo-bound-slack", "gain-vs-bounds"),
     "surrogate-bound": ("gain-vs-bounds",),
@@ -1015,6 +1020,62 @@ def algorithm_comparison(data: SweepData) -> Plot:
     return Plot(
         "algorithm-comparison", "Algorithm comparison", caption, _png(fig), {"aggregate": agg}
     )
+
+
+def gradient_bias_table(data: SweepData) -> pd.DataFrame:
+    """The numbers of the gradient-bias figure: per gradient experiment (run), its label, the
+    relative bias in scale (||mean - grad J|| / ||grad J||) and in direction (after the best
+    multiple of grad J), their Monte Carlo error (``noise_rel``), the cosine and the p-values."""
+    s = data.summary
+    need = {"rel_norm_error", "dir_rel_error", "noise_rel", "cosine", LABEL}
+    if s is None or not need <= set(s.columns):
+        raise SkipFigure("no gradient experiment in the sweep")
+    s = s[s["status"] != "error"]
+    if not len(s):
+        raise SkipFigure("every gradient experiment failed")
+    cols = [LABEL, "run_id", "rel_norm_error", "dir_rel_error", "noise_rel", "fit_scale"]
+    cols += ["cosine", "p_bias", "p_direction", "num_samples"]
+    return s[[c for c in cols if c in s.columns]].reset_index(drop=True)
+
+
+@FIGURES.register("gradient-bias")
+def gradient_bias(data: SweepData) -> Plot:
+    t = gradient_bias_table(data)
+    labels = list(dict.fromkeys(t[LABEL]))
+    longest = max(len(str(n)) for n in labels)
+    fig, axs = _figure(
+        2, "Gradient estimators against the exact grad J", width=5.0,
+        height=max(2.0, 0.45 * len(labels) + 1.0), left=0.3 + 0.075 * longest,
+        panel_title_lines=1, sharey=True,
+    )  # fmt: skip
+    colours = _palette(labels, False)
+    for ax, col, title in (
+        (axs[0], "rel_norm_error", "in scale: ||mean - grad J|| / ||grad J||"),
+        (axs[1], "dir_rel_error", "in direction: after the best multiple of grad J"),
+    ):
+        for i, n in enumerate(labels):
+            rows = t[t[LABEL] == n]
+            err = (
+                2.0 * rows["noise_rel"] / (rows["fit_scale"].abs() if col == "dir_rel_error" else 1)
+            )
+            offsets = np.linspace(-0.15, 0.15, len(rows)) if len(rows) > 1 else np.zeros(1)
+            ax.errorbar(
+                rows[col], i + offsets, xerr=err, fmt="o", color=colours[n], capsize=3, ms=5
+            )
+        ax.axvline(0.0, color="0.3", lw=0.8)
+        ax.set_xlabel("relative bias (1 = as large as grad J)")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(True, axis="x", alpha=0.3)
+    axs[0].set_yticks(range(len(labels)), labels)
+    axs[0].invert_yaxis()
+    caption = (
+        "Each point is one gradient experiment (one point theta): the Monte Carlo mean of N "
+        "estimates against the exact policy gradient (grpo_lab.algorithms.gradient). Bars: "
+        "+-2 Monte Carlo standard errors (||se|| / ||grad J||); a bias is real when its point "
+        "lies beyond its bar. Left: the estimator's mean against grad J itself; right: against "
+        "the least-squares multiple of grad J (a constant factor only rescales the learning rate)."
+    )
+    return Plot("gradient-bias", "Gradient bias", caption, _png(fig), {"gradient_experiments": t})
 
 
 def build_figures(data: SweepData, protocol: str = "") -> tuple[list[Plot], list[str]]:

@@ -357,7 +357,8 @@ def write_run(
     tensor) as the run ``<root>/<sweep>/runs/<run_id>``; returns that directory.
 
     Order: config.json, final_probs.json, metrics.parquet, iterations.parquet, then summary.json
-    (module docstring), each atomically. ``wall_time`` (seconds) is stored as given: for a batched
+    (module docstring), each atomically. ``record.summary``'s figures (and ``extra_summary``)
+    join the summary. ``wall_time`` (seconds) is stored as given: for a batched
     record, the caller decides whether it is the batch's time or a share of it.
     """
     num_configs = len(record.status)
@@ -366,7 +367,8 @@ def write_run(
     status = record.status[index]
     if status not in ("ok", "diverged"):
         raise ValueError(f"record.status[{index}] is {status!r}; expected 'ok' or 'diverged'")
-    extra = _check_extra(extra_summary)
+    per_run = {k: float(v[index]) for k, v in record.summary.items()}  # record's own figures
+    extra = _check_extra({**per_run, **(extra_summary or {})})
     path = run_dir(root, sweep, run_id)
 
     # everything is built and checked before the run directory is touched

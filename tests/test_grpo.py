@@ -4,7 +4,8 @@ convergence against the exact J*, batched == looped, divergence handling and bad
 import pytest
 import torch
 
-from grpo_lab.algorithms.grpo import GRPOConfig, grpo_gradient_samples, train_grpo
+from grpo_lab.algorithms.gradient import gradient_samples
+from grpo_lab.algorithms.grpo import GRPOConfig, train_grpo
 from grpo_lab.envs.tabular import TabularMDP, exact_grad, make_env
 from grpo_lab.instrument import gradient_quality
 from grpo_lab.losses import LossConfig
@@ -50,7 +51,7 @@ def test_on_policy_grpo_gradient_is_unbiased_up_to_the_derived_factor(
 ):
     mdp, logits, true = garnet_setting
     lc = LossConfig(adv_baseline=baseline, adv_scale="none", agg=agg, max_len=50)
-    samples = grpo_gradient_samples(
+    samples = gradient_samples(
         mdp, logits, lc, num_groups=8, group_size=G, num_batches=3000, seed=1
     )
     q = gradient_quality(samples, true, scale=factor)
@@ -90,8 +91,8 @@ def test_std_scaling_biases_the_gradient_direction():
     kw = {"num_groups": 4, "group_size": 8, "num_batches": 4000, "seed": 2}
     plain = LossConfig(adv_baseline="leave-one-out", adv_scale="none", agg="seq-mean-token-sum")
     scaled = plain.model_copy(update={"adv_scale": "std"})
-    _, q_plain = _best_scale_chi2(grpo_gradient_samples(mdp, logits, plain, **kw), true)
-    _, q_std = _best_scale_chi2(grpo_gradient_samples(mdp, logits, scaled, **kw), true)
+    _, q_plain = _best_scale_chi2(gradient_samples(mdp, logits, plain, **kw), true)
+    _, q_std = _best_scale_chi2(gradient_samples(mdp, logits, scaled, **kw), true)
     d = q_std["num_components"]
     assert q_plain["bias_chi2"] < d + 6 * (2 * d) ** 0.5, q_plain  # no std: proportional
     assert q_std["bias_chi2"] > 2 * (d + 6 * (2 * d) ** 0.5), q_std  # std: direction biased
@@ -130,8 +131,8 @@ def test_length_normalisation_biases_the_gradient_direction():
     kw = {"num_groups": 4, "group_size": 8, "num_batches": 4000, "seed": 3}
     summed = LossConfig(adv_baseline="leave-one-out", adv_scale="none", agg="seq-mean-token-sum")
     normed = summed.model_copy(update={"agg": "seq-mean-token-mean"})
-    _, q_sum = _best_scale_chi2(grpo_gradient_samples(mdp, logits, summed, **kw), true)
-    _, q_len = _best_scale_chi2(grpo_gradient_samples(mdp, logits, normed, **kw), true)
+    _, q_sum = _best_scale_chi2(gradient_samples(mdp, logits, summed, **kw), true)
+    _, q_len = _best_scale_chi2(gradient_samples(mdp, logits, normed, **kw), true)
     d = q_len["num_components"]
     assert q_sum["bias_chi2"] < d + 6 * (2 * d) ** 0.5, q_sum
     assert q_len["bias_chi2"] > 2 * (d + 6 * (2 * d) ** 0.5), q_len

@@ -1,4 +1,6 @@
-"""Algorithms built from the loss functions: GRPO (grpo.py), PPO (ppo.py), TRPO (trpo.py).
+"""Algorithms built from the loss functions: GRPO (grpo.py), PPO (ppo.py), TRPO (trpo.py), and
+the gradient-estimator experiment (gradient.py) that the importance-sampling and gradient-bias
+protocols run like an algorithm.
 
 ``ALGORITHMS`` names each one for protocols: its config model, its batched trainer
 ``train(mdp, configs) -> RunRecord`` and the config fields one batched run may vary.
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from grpo_lab.algorithms import grpo, ppo, trpo
+from grpo_lab.algorithms import gradient, grpo, ppo, trpo
 from grpo_lab.algorithms.common import RunRecord
 from grpo_lab.envs.tabular import TabularMDP
 from grpo_lab.registry import Registry
@@ -30,3 +32,7 @@ ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 ALGORITHMS.add("grpo", Algorithm(grpo.GRPOConfig, grpo.train_grpo, grpo.BATCHABLE))
 ALGORITHMS.add("ppo", Algorithm(ppo.PPOConfig, ppo.train_ppo, ppo.BATCHABLE))
 ALGORITHMS.add("trpo", Algorithm(trpo.TRPOConfig, trpo.train_trpo, trpo.BATCHABLE))
+# not a trainer: a gradient estimator measured against the exact gradient (gradient.py)
+ALGORITHMS.add(
+    "gradient", Algorithm(gradient.GradientConfig, gradient.train_gradient, gradient.BATCHABLE)
+)

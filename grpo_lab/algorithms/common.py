@@ -95,6 +95,7 @@ class RunRecord:
     iter     name -> (C, I) tensor, one column per iteration (sampled batch + exact return)
     status   "ok" or "diverged" per configuration; diverged_at: the optimiser step it happened at
     final_probs (C, S, A) the last policy; j_final (C,) its exact return; j_star (C,) the optimum
+    summary  name -> (C,) tensor: per-run figures of experiments without steps (gradient tests)
     """
 
     step: dict[str, list[Tensor]] = field(default_factory=dict)
@@ -105,6 +106,7 @@ class RunRecord:
     final_probs: Tensor | None = None
     j_final: Tensor | None = None
     j_star: Tensor | None = None
+    summary: dict[str, Tensor] = field(default_factory=dict)
 
     def log(self, where: str, metrics: dict[str, Tensor], alive: Tensor) -> None:
         target = self.step if where == "step" else self.iter

@@ -139,6 +139,7 @@ def grpo_loss(
     eps_high: Tensor,
     batch_size: int,
     ref_table: Tensor | None = None,
+    is_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss of each configuration on its batch (GRPO arXiv 2402.03300 eq. 3), on steps
     packed per configuration (``PackedEpisodes``): the clipped surrogate of every step, reduced
@@ -147,8 +148,9 @@ def grpo_loss(
     Shapes: logp_table (C, S, A) log pi_theta; ``ep`` rows (C, K); mask (C, K) the steps of this
     minibatch; old_logp (C, K); adv (C, N) outcome advantages (broadcast to each episode's steps);
     eps_low, eps_high (C,); ``batch_size`` the episodes per configuration in the minibatch (B of
-    Dr. GRPO's B * max_len); ref_table (C, S, A) log pi_ref (needed when beta > 0).
-    Returns (loss (C,), metrics (C,)).
+    Dr. GRPO's B * max_len); ref_table (C, S, A) log pi_ref (needed when beta > 0); is_weight
+    (C, K) importance weights multiplying each step's surrogate term (``losses.importance_weights``
+    for data from a behaviour policy; None = 1). Returns (loss (C,), metrics (C,)).
     """
     c = loss_cfg
     dt = logp_table.dtype
@@ -157,6 +159,8 @@ def grpo_loss(
     el, eh = eps_low.reshape(-1, 1), eps_high.reshape(-1, 1)
     logp_eff = _ratio_logp(logp, old_logp, ep, mask, c.ratio_level)
     per_tok, ratio = clipped_surrogate(logp_eff, old_logp, a, mask, el, eh, c.dual_clip)
+    if is_weight is not None:
+        per_tok = is_weight * per_tok  # (C, K)
     seq_len = torch.zeros_like(ep.lengths).scatter_add(1, ep.episode, mask.long())  # (C, N)
     w = aggregation_weights(
         c.agg,
@@ -251,7 +255,7 @@ class GRPOTrainer:
         G, n_groups = cfg.group_size, cfg.num_groups
         groups_per_mb = n_groups // cfg.minibatches
         gens = iteration_generators(self.seeds, it, stream=0)  # sampling
-        perm_gens = iteration_generators(self.seeds, it, stream=1)  # minibatch order
+        perm_gens = iteration_generators(self.seeds, it, stream=1) if cfg.minibatches > 1 else []
         # 1. sample with pi_old
         old_table = self.table().detach()  # (C, S, A)
         probs_old = old_table.exp()
@@ -283,12 +287,15 @@ class GRPOTrainer:
         params = list(self.policy.parameters())
         metrics: dict[str, Tensor] = {}
         for _epoch in range(cfg.epochs):
-            perm = group_permutations(perm_gens, n_groups)  # (C, n_groups)
+            # minibatch order; one minibatch is the whole batch and needs no permutation
+            perm = group_permutations(perm_gens, n_groups) if cfg.minibatches > 1 else None
             for m in range(cfg.minibatches):
-                grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
-                in_mb = torch.zeros(C, n_groups, dtype=torch.bool).scatter(1, grp, True)
-                in_mb = in_mb.repeat_interleave(G, dim=1)  # (C, N) episodes of this minibatch
-                mask = ep.mask & in_mb.gather(1, ep.episode)  # (C, K)
+                mask = ep.mask  # (C, K)
+                if perm is not None:
+                    grp = perm[:, m * groups_per_mb : (m + 1) * groups_per_mb]  # (C, g)
+                    in_mb = torch.zeros(C, n_groups, dtype=torch.bool).scatter(1, grp, True)
+                    in_mb = in_mb.repeat_interleave(G, dim=1)  # (C, N) episodes of minibatch m
+                    mask = mask & in_mb.gather(1, ep.episode)  # (C, K)
                 loss, metrics = grpo_loss(
                     self.table(),
                     ep,
@@ -367,48 +374,3 @@ def train_grpo(
     for it in range(trainer.cfg.iterations):
         trainer.update(it)
     return trainer.finish()
-
-
-def grpo_gradient_samples(
-    mdp: TabularMDP,
-    logits: Tensor,
-    loss_cfg: LossConfig | str,
-    *,
-    num_groups: int,
-    group_size: int,
-    num_batches: int,
-    seed: int = 0,
-    max_steps: int = 1000,
-) -> Tensor:
-    """``num_batches`` independent on-policy estimates of the ascent direction -grad_theta loss.
-
-    Each estimate samples its own batch (num_groups start states x group_size episodes) from the
-    softmax policy with logits theta (pi_old = pi_theta, so every ratio is 1 and no clipping is
-    active) and differentiates the GRPO loss of ``loss_cfg``. Compared with the exact grad J
-    (``grpo_lab.envs.tabular.exact_grad``) by ``grpo_lab.instrument.gradient_quality``.
-
-    Expected values (derived in tests/test_grpo.py): with scale "none" and agg
-    "seq-mean-token-sum", E[-grad loss] = grad J for the leave-one-out baseline and
-    (G - 1)/G grad J for the group-mean baseline; "seq-mean-token-sum-norm" divides by max_len.
-    Shapes: logits (S, A) -> (num_batches, S, A).
-    """
-    lc = PRESETS.get(loss_cfg) if isinstance(loss_cfg, str) else loss_cfg
-    lc = lc.model_copy(update={"max_len": lc.max_len or mdp.horizon or max_steps})
-    C = num_batches
-    S, A = mdp.num_states, mdp.num_actions
-    theta = logits.detach().to(mdp.dtype).expand(C, S, A).clone().requires_grad_(True)
-    table = torch.log_softmax(theta, dim=-1)  # (C, S, A)
-    gens = iteration_generators(list(range(seed, seed + C)), 0)
-    ep, _ = sample_groups(
-        mdp, table.detach().exp(), num_groups, group_size, gens, max_steps, layout="packed"
-    )
-    adv = group_advantages(
-        ep.returns.reshape(-1), group_size, baseline=lc.adv_baseline, scale=lc.adv_scale
-    ).reshape(C, -1)  # (C, N)
-    old_logp = gather_logp(table.detach(), ep.states, ep.actions)  # (C, K)
-    eps_low = torch.full((C,), lc.eps_low, dtype=table.dtype)
-    eps_high = torch.full((C,), lc.eps_high, dtype=table.dtype)
-    n = num_groups * group_size
-    loss, _ = grpo_loss(table, ep, ep.mask, old_logp, adv, lc, eps_low, eps_high, n, table.detach())
-    (grad,) = torch.autograd.grad(loss.sum(), theta)
-    return -grad

@@ -54,6 +54,7 @@ __all__ = [
     "advantages",
     "bandit",
     "chain",
+    "contexts",
     "exact_grad",
     "exact_return",
     "garnet",
@@ -79,9 +80,11 @@ __all__ = [
 REWARD_NOISES = ("none", "bernoulli", "gaussian")
 _ROW_TOL = 1e-6  # tolerance on "sums to 1" for P rows, rho and policy rows
 DEFAULT_MAX_STEPS = 1000
-# uniforms are drawn per configuration in blocks of this many time steps: few generator calls,
-# and a configuration's draws still depend only on its own generator
-_RAND_BLOCK = 32
+# uniforms are drawn per configuration in blocks of time steps, the first _RAND_BLOCK long and each
+# next one twice as long (up to _RAND_BLOCK_MAX): few generator calls and few unused draws for
+# geometric episode lengths; a configuration's draws still depend only on its own generator
+_RAND_BLOCK = 8
+_RAND_BLOCK_MAX = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,49 +829,53 @@ def sample_episodes(
     c_base = (torch.arange(C, device=device) * S).repeat_interleave(N)  # (M,)
 
     cap = max_steps if mdp.horizon is None else min(max_steps, mdp.horizon)
-    alive = ~done_flat[c_base + s]  # (M,)
     ret = torch.zeros(M, dtype=dtype, device=device)
-    no = torch.zeros(M, dtype=torch.bool, device=device)
-    yes = torch.ones((), dtype=torch.bool, device=device)
+    # Only the running episodes are stepped: lengths vary a lot (geometric on a Garnet), and the
+    # batch runs until its longest episode ends. idx (m,) lists them (sorted c*N + n); s_run,
+    # base_run and j (their rows in the current block of draws) are aligned with idx.
+    idx = torch.nonzero(~done_flat[c_base + s]).squeeze(1)  # (m,)
+    s_run, base_run = s.index_select(0, idx), c_base.index_select(0, idx)
+    n_u = 3 if mdp.reward_noise == "bernoulli" else 2  # uniforms per step: action, next state
     disc = 1.0
     steps: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (idx, s, a, r) per time step
-    # Only the running episodes (indices idx) are stepped: lengths vary a lot (geometric on a
-    # Garnet), and the batch runs until its longest episode ends.
-    idx = torch.nonzero(alive).squeeze(1)  # (m,)
-    t = 0
+    t, blk, blk_end = 0, _RAND_BLOCK // 2, 0
     while t < cap and idx.numel() > 0:
-        k = t % _RAND_BLOCK
-        if k == 0:  # uniforms for the next steps of the running episodes (per config)
-            idx_blk = idx
-            u_blk = _draw_running(gens, idx, N, (3, _RAND_BLOCK), torch.rand, **rnd)  # (m, 3, B)
-            if mdp.reward_noise == "gaussian":
-                z_blk = _draw_running(gens, idx, N, (_RAND_BLOCK,), torch.randn, **rnd)  # (m, B)
-        j = torch.searchsorted(idx_blk, idx)  # rows of the block's draws for the running set
-        s_i = s.index_select(0, idx)  # (m,)
-        base = c_base.index_select(0, idx)
-        row = base + s_i
-        u_a, u_s = u_blk[j, 0, k].unsqueeze(-1), u_blk[j, 1, k].unsqueeze(-1)  # (m, 1)
+        if t == blk_end:  # uniforms for the next blk steps of the running episodes (per config)
+            blk = min(2 * blk, _RAND_BLOCK_MAX)
+            blk_end += blk
+            # flat (m * n_u * blk,): running episode j, stream i, step k at j * n_u * blk + i * blk + k
+            u_blk = _draw_running(gens, idx, N, (n_u, blk), torch.rand, **rnd).reshape(-1)
+            j = torch.arange(idx.numel(), device=device) * (n_u * blk)
+            if mdp.reward_noise == "gaussian":  # flat (m * blk,)
+                z_blk = _draw_running(gens, idx, N, (blk,), torch.randn, **rnd).reshape(-1)
+        k = t - (blk_end - blk)  # step within the block
+        row = base_run + s_run  # (m,)
+        u_a = u_blk.index_select(0, j + k).unsqueeze(-1)  # (m, 1)
         a = torch.searchsorted(pol_cdf.index_select(0, row), u_a, right=True).squeeze(-1)
         sa = row * A + a  # (m,)
         r = R_flat.index_select(0, sa)  # (m,) expected reward
         if mdp.reward_noise == "bernoulli":
-            r = (u_blk[j, 2, k] < r).to(dtype)
+            r = (u_blk.index_select(0, j + 2 * blk + k) < r).to(dtype)
         elif mdp.reward_noise == "gaussian":
-            r = r + mdp.reward_std * z_blk[j, k]
+            r = r + mdp.reward_std * z_blk.index_select(0, j // n_u + k)
+        u_s = u_blk.index_select(0, j + blk + k).unsqueeze(-1)  # (m, 1)
         s_next = torch.searchsorted(P_cdf.index_select(0, sa), u_s, right=True).squeeze(-1)
-        steps.append((idx, s_i, a, r))  # compact: only the running episodes
+        steps.append((idx, s_run, a, r))  # compact: only the running episodes
         ret.index_add_(0, idx, disc * r)
         disc *= mdp.gamma
-        s = s.index_put((idx,), s_next)
-        idx = idx[~done_flat.index_select(0, base + s_next)]
+        keep = torch.nonzero(~done_flat.index_select(0, base_run + s_next)).squeeze(1)
+        s_run = s_next
+        if keep.numel() < idx.numel():
+            idx, s_run, base_run, j = (x.index_select(0, keep) for x in (idx, s_run, base_run, j))
         t += 1
-    alive = no.index_put((idx,), yes)  # still running at the cap
+    no = torch.zeros(M, dtype=torch.bool, device=device)
+    alive = no.index_put((idx,), torch.ones((), dtype=torch.bool, device=device))  # at the cap
 
     T = len(steps)
     if steps:  # every recorded step as one flat list: episode index, time, s, a, r
-        ep_i = torch.cat([x[0] for x in steps])  # (K,) in [0, M)
-        t_i = torch.cat([torch.full_like(x[0], k) for k, x in enumerate(steps)])
-        s_i, a_i, r_i = (torch.cat([x[j] for x in steps]) for j in (1, 2, 3))
+        ep_i, s_i, a_i, r_i = (torch.cat([x[j] for x in steps]) for j in range(4))  # (K,)
+        per_step = torch.tensor([x[0].numel() for x in steps], device=device)  # (T,)
+        t_i = torch.repeat_interleave(torch.arange(T, device=device), per_step)  # (K,)
     else:
         ep_i = t_i = s_i = a_i = torch.zeros(0, dtype=torch.long, device=device)
         r_i = torch.zeros(0, dtype=dtype, device=device)
@@ -878,17 +885,19 @@ def sample_episodes(
     ret = ret.reshape(C, N)
 
     if layout == "packed":
-        # tokens grouped by configuration, then episode, then time (stable sort on c*N + n)
-        order = torch.sort(ep_i, stable=True).indices
-        ep_i, s_i, a_i, r_i = ep_i[order], s_i[order], a_i[order], r_i[order]
-        per_config = lengths.sum(-1)  # (C,) tokens of each configuration
-        start = torch.cumsum(per_config, 0) - per_config  # (C,)
+        # tokens grouped by configuration, then episode, then time: an episode starts after the
+        # earlier episodes of its configuration (exclusive cumsum of lengths)
+        ep_start = (torch.cumsum(lengths, -1) - lengths).reshape(M)  # (M,) offset in its row
         cfg = ep_i // N
-        pos = torch.arange(ep_i.numel(), device=device) - start[cfg]  # position in its row
+        pos = ep_start.index_select(0, ep_i) + t_i  # (K,) position in its row
+        per_config = lengths.sum(-1)  # (C,) tokens of each configuration
         K = int(per_config.max()) if C > 0 and ep_i.numel() > 0 else 0
 
+        flat = cfg * K + pos  # (K_total,) index into the (C, K) rows
+
         def row(x: Tensor, fill: Tensor) -> Tensor:
-            return torch.full((C, K), fill, dtype=x.dtype, device=device).index_put((cfg, pos), x)
+            out = torch.full((C * K,), fill, dtype=x.dtype, device=device)
+            return out.scatter_(0, flat, x).reshape(C, K)
 
         zero_l = torch.zeros((), dtype=torch.long)
         return PackedEpisodes(
@@ -902,9 +911,11 @@ def sample_episodes(
             truncated=truncated,
         )
 
+    flat = ep_i * T + t_i  # (K_total,) index into the (M, T) grid
+
     def grid(x: Tensor, fill_dtype: torch.dtype) -> Tensor:
-        out = torch.zeros(M, T, dtype=fill_dtype, device=device)
-        return out.index_put((ep_i, t_i), x.to(fill_dtype)).reshape(C, N, T)  # (C, N, T)
+        out = torch.zeros(M * T, dtype=fill_dtype, device=device)
+        return out.scatter_(0, flat, x.to(fill_dtype)).reshape(C, N, T)  # (C, N, T)
 
     states_t, actions_t = grid(s_i, torch.long), grid(a_i, torch.long)
     rewards_t = grid(r_i, dtype)
@@ -1091,6 +1102,98 @@ def bandit(
         device=device,
         reward_noise=kind,
         reward_std=reward_std,
+    )
+
+
+@ENVS.register("contexts")
+def contexts(
+    num_contexts: int = 4,
+    num_actions: int = 2,
+    *,
+    success: Sequence[Sequence[float]] | Tensor | None = None,
+    lengths: Sequence[Sequence[int]] | Tensor | None = None,
+    max_length: int = 1,
+    gamma: float = 0.99,
+    seed: int = 0,
+    num: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> TabularMDP:
+    """Contexts of different difficulty with answers of different length: the tabular analogue
+    of prompts and completions with a verifiable reward (design.md §4, "sensitive experiments").
+
+    Start state k ~ U{0..K-1} is a context; action a answers it. The answer then runs through a
+    corridor of ``lengths[k][a] - 1`` states (any action moves on) and its last step pays
+    Bernoulli(``success[k][a]``), so an episode lasts lengths[k][a] steps and its expected return
+    is gamma^(lengths[k][a] - 1) success[k][a]. Unless given, success ~ U[0, 1] and lengths ~
+    U{1..max_length}. Std scaling of group advantages re-weights contexts by their success rate;
+    per-episode length normalisation re-weights answers by their length.
+    S = K + sum_{k,a} (lengths[k][a] - 1) + 1 (terminal last), A = ``num_actions``.
+    """
+    for name, v in (("num_contexts", num_contexts), ("num_actions", num_actions)):
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not _is_int(max_length) or max_length < 1:
+        raise ValueError(f"max_length must be an int >= 1, got {max_length!r}")
+    K, A = num_contexts, num_actions
+    fixed_p = fixed_l = None
+    if success is not None:
+        fixed_p = _float_tensor("success", success).to(torch.float64).cpu()
+        if fixed_p.shape != (K, A) or bool(((fixed_p < 0) | (fixed_p > 1)).any()):
+            raise ValueError(
+                f"success must be (num_contexts, num_actions) = ({K}, {A}) probabilities in "
+                f"[0, 1], got shape {tuple(fixed_p.shape)}"
+            )
+    if lengths is not None:
+        fixed_l = torch.as_tensor(lengths)
+        if fixed_l.shape != (K, A) or fixed_l.is_floating_point() or bool((fixed_l < 1).any()):
+            raise ValueError(
+                f"lengths must be (num_contexts, num_actions) = ({K}, {A}) ints >= 1, got "
+                f"{fixed_l.tolist()!r}"
+            )
+    if num is not None and fixed_l is None and max_length > 1:
+        raise ValueError("stacked contexts MDPs (num) need fixed lengths: S depends on them")
+
+    def one(g: torch.Generator) -> dict[str, Tensor]:
+        p = fixed_p if fixed_p is not None else torch.rand(K, A, generator=g, dtype=torch.float64)
+        if fixed_l is not None:
+            L = fixed_l.long()
+        else:
+            L = torch.randint(1, max_length + 1, (K, A), generator=g)
+        S = K + int((L - 1).sum()) + 1
+        end = S - 1
+        P = torch.zeros(S, A, S, dtype=torch.float64)  # (S, A, S)
+        R = torch.zeros(S, A, dtype=torch.float64)
+        nxt = K  # next free corridor state
+        for k in range(K):
+            for a in range(A):
+                s, n = k, int(L[k, a])
+                for _ in range(n - 1):  # corridor: every action moves on
+                    if s == k:
+                        P[s, a, nxt] = 1.0
+                    else:
+                        P[s, :, nxt] = 1.0
+                    s, nxt = nxt, nxt + 1
+                if s == k:
+                    P[s, a, end], R[s, a] = 1.0, p[k, a]
+                else:
+                    P[s, :, end], R[s, :] = 1.0, p[k, a]
+        P[end, :, end] = 1.0
+        rho = torch.zeros(S, dtype=torch.float64)
+        rho[:K] = 1.0 / K
+        terminal = torch.zeros(S, dtype=torch.bool)
+        terminal[end] = True
+        return {"P": P, "R": R, "rho": rho, "terminal": terminal}
+
+    return _build(
+        one,
+        seed=seed,
+        num=num,
+        gamma=gamma,
+        horizon=None,
+        dtype=dtype,
+        device=device,
+        reward_noise="bernoulli",
     )
 
 

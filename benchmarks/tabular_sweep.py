@@ -6,8 +6,12 @@ leading axis) and config by config (C = 1 each). Looping all 256 takes long, so 
 random subset of ``--loop-sample`` configurations is looped and the per-configuration time is
 multiplied by 256 (printed as an estimate); ``--loop-sample 256`` loops them all. The looped runs
 are also checked against the batched ones: the same seeds must give the same final policies.
+Both paths use the same torch thread count (default: the cores this process may use).
 
     .venv/bin/python benchmarks/tabular_sweep.py [--configs 256] [--updates 200] [--loop-sample 8]
+
+Measured 2026-11-26 on the 2-core CPU machine, audit on, float64, 2 threads: batched 36.7 s for
+the 256 runs, looped 4.97 s per run (estimated 1272 s for 256): 34.7x; with 1 thread 29.6x.
 """
 
 from __future__ import annotations

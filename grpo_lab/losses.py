@@ -121,6 +121,7 @@ def aggregation_weights(
     batch_size: int,
     max_len: int,
     dtype: torch.dtype = torch.float32,
+    num_tokens: Tensor | None = None,
 ) -> Tensor:
     """Per-token weights w with agg(l) = sum_k w_k l_k: the aggregation modes in a form that needs
     no (B, T) grid, for steps packed in rows (``PackedEpisodes``).
@@ -132,13 +133,16 @@ def aggregation_weights(
 
     Shapes: mask (..., K) bool; seq_length (..., K) the length L_i of each token's sequence;
     num_seqs (...,) n_seq, the sequences with at least one token; ``batch_size`` B -> (..., K).
-    Equal to ``aggregate`` on the padded layout (tested).
+    ``num_tokens`` (...,) replaces sum m in token-mean (a batch split over processes normalises by
+    the global count; so do ``num_seqs`` and ``batch_size``). Equal to ``aggregate`` on the padded
+    layout (tested).
     """
     AGGREGATIONS.get(mode)
     m = mask.to(dtype)
     n = num_seqs.to(m.dtype).unsqueeze(-1)
     if mode == "token-mean":
-        return m / m.sum(dim=-1, keepdim=True)
+        total = m.sum(dim=-1, keepdim=True) if num_tokens is None else num_tokens.to(m.dtype)
+        return m / total.reshape(*m.shape[:-1], 1)
     if mode == "seq-mean-token-mean":
         return m / (n * seq_length.to(m.dtype).clamp_min(1.0))
     if mode == "seq-mean-token-sum":

@@ -143,3 +143,26 @@ def test_gradient_quality_on_a_synthetic_estimator():
     assert gradient_quality(samples, mu / 2, scale=2.0)["bias_z_max"] < 5  # scale applies
     with pytest.raises(ValueError, match="samples must be"):
         gradient_quality(samples[:1], mu)
+
+
+def test_gradient_quality_in_direction_and_its_p_values():
+    # The estimator's mean is 3 mu: biased in scale, unbiased in direction.
+    g = torch.Generator().manual_seed(1)
+    mu = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
+    samples = 3 * mu + torch.randn(20000, 4, generator=g, dtype=torch.float64)
+    q = gradient_quality(samples, mu)
+    assert q["p_bias"] < 1e-12 and q["fit_scale"] == pytest.approx(3.0, abs=0.02)
+    assert q["p_direction"] > 1e-3 and q["dir_rel_error"] < 0.01
+    # the hand-computed quantities: alpha = <m, g> / <g, g>, Bonferroni p = D * 2 * (1 - Phi(z))
+    m = samples.mean(0)
+    assert q["fit_scale"] == pytest.approx(float(m @ mu / (mu @ mu)), rel=1e-12)
+    se = samples.std(0) / 20000**0.5
+    assert q["noise_rel"] == pytest.approx(float(se.norm() / mu.norm()), rel=1e-12)
+    z = float(((m - mu) / se).abs().max())
+    assert q["p_bias"] == pytest.approx(min(1.0, 4 * math.erfc(z / 2**0.5)), rel=1e-6, abs=1e-300)
+    # a tilt in direction is seen in direction too
+    tilted = samples + torch.tensor([0.0, 0.0, 0.0, 0.2], dtype=torch.float64)
+    t = gradient_quality(tilted, mu)
+    assert t["p_direction"] < 1e-12 and t["dir_rel_error"] == pytest.approx(
+        0.2 / (3 * 2.29), rel=0.05
+    )

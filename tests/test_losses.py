@@ -18,6 +18,7 @@ from grpo_lab.losses import (
     clip_fractions,
     clipped_surrogate,
     entropy,
+    importance_weights,
     kl_penalty,
     policy_loss,
     preset,
@@ -579,3 +580,70 @@ def test_clip_fractions_hand_worked():
     f = clip_fractions(ratio, a, MASK.bool(), 0.2, 0.2, dual_clip=3.0)
     assert f["grad_clip_frac"].item() == pytest.approx(3 / 5)
     assert f["grad_dual_clip_frac"].item() == pytest.approx(1 / 5)
+
+
+# ----------------------------------------------------------------------------- importance weights
+
+
+def test_importance_weights_hand_worked():
+    # two sequences; log w per token; the second has a masked last token
+    log_w = torch.tensor([[0.5, -0.2, 0.1], [1.0, 0.3, 9.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    e = math.exp
+    tok = importance_weights(log_w, mask, "token")
+    torch.testing.assert_close(
+        tok, torch.tensor([[e(0.5), e(-0.2), e(0.1)], [e(1.0), e(0.3), 0.0]], dtype=torch.float64)
+    )
+    seq = importance_weights(log_w, mask, "sequence")
+    w0, w1 = e(0.5 - 0.2 + 0.1), e(1.0 + 0.3)  # the masked 9.0 does not count
+    torch.testing.assert_close(
+        seq, torch.tensor([[w0, w0, w0], [w1, w1, 0.0]], dtype=torch.float64)
+    )
+    capped = importance_weights(log_w, mask, "sequence", cap=2.0)
+    torch.testing.assert_close(
+        capped, torch.tensor([[w0, w0, w0], [2.0, 2.0, 0.0]], dtype=torch.float64)
+    )
+    assert w0 < 2.0 < w1
+    torch.testing.assert_close(
+        importance_weights(log_w, mask, "token", cap=1.2),
+        torch.tensor([[1.2, e(-0.2), e(0.1)], [1.2, 1.2, 0.0]], dtype=torch.float64),
+    )
+
+
+def test_importance_weights_packed_equal_padded():
+    # the same two sequences packed in one row: episode ids 0, 0, 0, 1, 1
+    log_w = torch.tensor([[0.5, -0.2, 0.1, 1.0, 0.3]], dtype=torch.float64)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    episode = torch.tensor([[0, 0, 0, 1, 1]])
+    packed = importance_weights(log_w, mask, "sequence", episode=episode)
+    w0, w1 = math.exp(0.4), math.exp(1.3)
+    torch.testing.assert_close(packed, torch.tensor([[w0, w0, w0, w1, w1]], dtype=torch.float64))
+
+
+def test_importance_weights_are_constants_and_unbiased_in_expectation():
+    # E_mu[W f] = E_pi[f] for a two-step sequence of independent actions, computed exactly
+    pi = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    mu = torch.tensor([0.4, 0.6], dtype=torch.float64)
+    f = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)  # f(a1, a2)
+    a = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    log_w = (pi.log() - mu.log())[a]  # (4, 2)
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    w = importance_weights(log_w.requires_grad_(True), mask, "sequence")[:, 0]
+    assert not w.requires_grad  # weights do not carry gradient
+    prob_mu = mu[a].prod(-1)
+    prob_pi = pi[a].prod(-1)
+    fa = f[a[:, 0], a[:, 1]]
+    assert float((prob_mu * w * fa).sum()) == pytest.approx(float((prob_pi * fa).sum()), rel=1e-12)
+    # the token weight of the second step alone is not the likelihood ratio of the pair
+    w_tok = importance_weights(log_w.detach(), mask, "token")[:, 1]
+    assert float((prob_mu * w_tok * fa).sum()) != pytest.approx(float((prob_pi * fa).sum()))
+
+
+def test_importance_weights_bad_input():
+    x, m = torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool)
+    with pytest.raises(
+        ValueError, match=r"unknown level 'episode'; choose one of \['token', 'sequence'\]"
+    ):
+        importance_weights(x, m, "episode")
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        importance_weights(x, m, "token", cap=0.0)

@@ -276,3 +276,51 @@ def test_monotone_trend_rule_both_ways():
     assert rule(flat, params)[0] == "inconclusive"
     never = _trend_data([(lr, 99) for lr in lrs])  # censored everywhere: no variation
     assert rule(never, params)[0] == "inconclusive"
+
+
+def _gradient_runs(rows):
+    """Summary rows of gradient experiments: (label, p, relative error, MC error, scale)."""
+    out = []
+    for i, (label, p, err, noise, scale) in enumerate(rows):
+        out.append({"run_id": f"r{i}", "status": "ok", "cfg.label": label, "p_bias": p,
+                    "p_direction": p, "rel_norm_error": err, "dir_rel_error": err,
+                    "noise_rel": noise, "fit_scale": scale, "cosine": 1.0 - err,
+                    "num_samples": 1000})  # fmt: skip
+    return SweepData(steps=pd.DataFrame(), summary=pd.DataFrame(out))
+
+
+def test_unbiased_rule_both_ways():
+    rule = VERDICTS.get("unbiased")
+    # both estimators unbiased: p large, bias + 3 MC errors < 0.1
+    good = _gradient_runs([("a", 0.5, 0.01, 0.01, 1.0), ("b", 0.9, 0.02, 0.01, 1.0)])
+    status, summary, ev = rule(good, {"test": "scale"})
+    assert status == "holds" and ev["biased"] == [] and "unbiased within 0.1: ['a', 'b']" in summary
+    # one biased (p below alpha / runs = 0.005): the claim is violated
+    bad = _gradient_runs([("a", 0.5, 0.01, 0.01, 1.0), ("b", 1e-4, 0.3, 0.01, 1.0)])
+    status, summary, ev = rule(bad, {"test": "scale"})
+    assert status == "violated" and ev["biased"] == ["b"]
+    # ... unless the claim is only about "a"
+    assert rule(bad, {"test": "scale", "subject": ["a"]})[0] == "holds"
+    # p = 0.006 is significant alone (< 0.01) but not among two runs (Bonferroni: 0.005)
+    edge = _gradient_runs([("a", 0.5, 0.01, 0.01, 1.0), ("b", 0.006, 0.01, 0.01, 1.0)])
+    assert rule(edge, {"test": "scale"})[0] == "holds"
+    assert rule(edge, {"test": "scale", "subject": ["b"]})[0] == "violated"
+    # no significant bias but too much Monte Carlo error to bound it: inconclusive
+    noisy = _gradient_runs([("a", 0.5, 0.05, 0.1, 1.0)])
+    status, _, ev = rule(noisy, {"test": "scale"})
+    assert status == "inconclusive" and "undetermined 1/1" in ev["estimator a"]
+    # in direction, the MC error is relative to the fitted multiple: 0.01 / 0.05 = 0.2
+    small = _gradient_runs([("a", 0.5, 0.01, 0.01, 0.05)])
+    assert rule(small, {"test": "direction"})[0] == "inconclusive"
+    assert rule(small, {"test": "direction", "tolerance": 0.7})[0] == "holds"
+
+
+def test_unbiased_rule_without_gradient_data_and_bad_params():
+    rule = VERDICTS.get("unbiased")
+    status, summary, _ = rule(_scores({0.1: [0.5, 0.6]}), {})
+    assert status == "inconclusive" and "no gradient experiment" in summary
+    assert (
+        rule(_gradient_runs([("a", 0.5, 0.0, 0.0, 1.0)]), {"subject": ["z"]})[0] == "inconclusive"
+    )
+    with pytest.raises(ValueError, match="test must be 'direction' or 'scale'"):
+        rule(_gradient_runs([("a", 0.5, 0.0, 0.0, 1.0)]), {"test": "both"})

@@ -22,6 +22,7 @@ from grpo_lab.envs.tabular import (
     advantages,
     bandit,
     chain,
+    contexts,
     exact_grad,
     exact_return,
     garnet,
@@ -634,3 +635,43 @@ def test_unknown_layout():
     with pytest.raises(ValueError, match=r"unknown layout 'dense'"):
         sample_episodes(mdp, torch.full((mdp.num_states, 2), 0.5).double(), torch.zeros(2).long(),
                         torch.Generator(), layout="dense")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- contexts
+
+
+def test_contexts_returns_and_lengths_hand_worked():
+    success = [[0.9, 0.2], [0.5, 0.6]]
+    lengths = [[1, 3], [2, 1]]
+    mdp = contexts(2, 2, success=success, lengths=lengths, gamma=0.9)
+    # S = 2 contexts + (0 + 2 + 1 + 0) corridor states + terminal
+    assert mdp.num_states == 6 and bool(mdp.terminal_mask[-1]) and mdp.reward_noise == "bernoulli"
+    # J of a deterministic policy: average over contexts of gamma^(L-1) p
+    for a0, a1 in itertools.product(range(2), range(2)):
+        probs = torch.full((6, 2), 0.5, dtype=torch.float64)
+        probs[0] = torch.eye(2, dtype=torch.float64)[a0]
+        probs[1] = torch.eye(2, dtype=torch.float64)[a1]
+        want = 0.5 * (0.9 ** (lengths[0][a0] - 1) * success[0][a0])
+        want += 0.5 * (0.9 ** (lengths[1][a1] - 1) * success[1][a1])
+        assert float(exact_return(mdp, probs)) == pytest.approx(want, rel=1e-12)
+    # sampled episodes last exactly the answer's length
+    g = torch.Generator().manual_seed(0)
+    probs = torch.full((6, 2), 0.5, dtype=torch.float64)
+    ep = sample_episodes(mdp, probs, torch.tensor([0] * 200 + [1] * 200), g)
+    first = ep.actions[:, 0]
+    want_len = torch.tensor(lengths)[torch.tensor([0] * 200 + [1] * 200), first]
+    assert torch.equal(ep.lengths, want_len)
+
+
+def test_contexts_random_and_bad_input():
+    a, b = contexts(3, 2, max_length=4, seed=1), contexts(3, 2, max_length=4, seed=1)
+    assert torch.equal(a.P, b.P) and torch.equal(a.R, b.R)
+    assert make_env("contexts", num_contexts=3).num_states == 4  # max_length 1: no corridors
+    with pytest.raises(ValueError, match="success must be"):
+        contexts(2, 2, success=[[0.5, 1.5], [0.1, 0.2]])
+    with pytest.raises(ValueError, match="lengths must be"):
+        contexts(2, 2, lengths=[[1, 0], [1, 1]])
+    with pytest.raises(ValueError, match="num_contexts must be an int >= 1"):
+        contexts(0)
+    with pytest.raises(ValueError, match="need fixed lengths"):
+        contexts(2, 2, max_length=3, num=2)

@@ -92,6 +92,11 @@ _RAND_BLOCK_MAX = 64
 
 
 def _float_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):  # Python / numpy numbers: float64 directly, never via float32
+        try:
+            x = torch.as_tensor(x, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{name} must be a tensor or array-like, got {type(x).__name__}") from e
     t = as_tensor(name, x)
     if not t.is_floating_point():
         t = t.to(torch.float64)

@@ -168,12 +168,12 @@ def _parse_set(items: list[str]) -> dict[str, object]:
 def list_protocols() -> None:
     """List the protocols of protocols/ with the seed's claim each one tests."""
     table = Table(title="protocols")
-    for col in ("protocol", "algorithms", "verdict rule", "claim"):
+    for col in ("protocol", "suite", "algorithms", "verdict rule", "claim"):
         table.add_column(col)
     for name, path in find_protocols().items():
         p = load_protocol(path)
         algos = ", ".join(a.label or a.name for a in p.algorithms)
-        table.add_row(name, algos, p.verdict.rule, p.claim)
+        table.add_row(name, p.suite, algos, p.verdict.rule, p.claim)
     console.print(table)
 
 
@@ -211,6 +211,9 @@ def run(
         [], "--set", help="Override a config field for every run: key=value (JSON value)."
     ),
     batch_size: int = typer.Option(256, "--batch-size", help="Most runs per batched program."),
+    suite: str = typer.Option(
+        "default", "--suite", help="Without protocol names: the suite to run (default, lm)."
+    ),
     figures: bool = typer.Option(
         True, "--figures/--no-figures", help="Draw the report's figures (slower) or not."
     ),
@@ -224,7 +227,10 @@ def run(
 
     try:
         check_backend(backend, workers, address)
-        names = protocols or list(find_protocols())
+        names = protocols or list(find_protocols(suite=suite))
+        if not names:
+            suites = sorted({load_protocol(f).suite for f in find_protocols().values()})
+            raise ProtocolError(f"no protocol in suite {suite!r}; suites: {suites}")
         loaded = [_protocol(n) for n in names]
         overrides = _parse_set(set_)
         budget = "quick" if quick else "full"

@@ -7,7 +7,7 @@ A protocol is a TOML file in ``protocols/`` validated into a ``Protocol`` before
     claim = "The dual-clipping mechanism ensures that policy updates are bounded: |r - 1| <= eps"
     question = "After each optimiser step, does every visited (s, a) keep its ratio in range?"
 
-    [env]                      # a registered environment (grpo_lab.envs.tabular.ENVS)
+    [env]                      # a registered environment (grpo_lab.envs.ENVIRONMENTS)
     name = "garnet"
     kwargs = { num_states = 8, num_actions = 3, branching = 2, seed = 0 }
 
@@ -46,7 +46,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from grpo_lab.algorithms import ALGORITHMS
-from grpo_lab.envs.tabular import ENVS
+from grpo_lab.envs import ENVIRONMENTS
 from grpo_lab.registry import Registry
 
 if sys.version_info >= (3, 11):
@@ -73,7 +73,7 @@ class EnvSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return ENVS.check(v)
+        return ENVIRONMENTS.check(v)
 
 
 class AlgoSpec(BaseModel):
@@ -117,6 +117,7 @@ class Protocol(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     budget: Budgets = Field(default_factory=Budgets)
     verdict: VerdictSpec
+    suite: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]*$")  # `grpo-lab run --suite`
 
     @field_validator("grid")
     @classmethod
@@ -245,14 +246,19 @@ def load_protocol(path: str | Path) -> Protocol:
     return protocol
 
 
-def find_protocols(directory: str | Path = PROTOCOL_DIR) -> dict[str, Path]:
-    """Protocol name -> file, for every ``*.toml`` in ``directory`` (the default suite)."""
+def find_protocols(
+    directory: str | Path = PROTOCOL_DIR, suite: str | None = None
+) -> dict[str, Path]:
+    """Protocol name -> file, for every ``*.toml`` in ``directory`` whose ``suite`` is ``suite``
+    (None: every suite). The "default" suite is what ``grpo-lab run`` runs without names."""
     d = Path(directory)
     if not d.is_dir():
         raise ProtocolError(f"protocol directory {str(d)!r} does not exist")
     found = {}
     for f in sorted(d.glob("*.toml")):
-        found[tomllib.loads(f.read_text()).get("name", f.stem)] = f
+        raw = tomllib.loads(f.read_text())
+        if suite is None or raw.get("suite", "default") == suite:
+            found[raw.get("name", f.stem)] = f
     return found
 
 
@@ -352,22 +358,28 @@ def _universal(
 @VERDICTS.register("ratio-bound")
 def _ratio_bound(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """The seed's lemma |r - 1| <= eps, checked exactly after every optimiser step over every
-    (s, a) the old policy visits (``exact_ratio_max/min`` against the run's eps_low / eps_high)."""
+    (s, a) the old policy visits (``exact_ratio_max/min`` against the run's eps_low / eps_high);
+    with ``ratio = "ratio"``, over the sampled tokens of the step's minibatch (``ratio_max/min``,
+    language models): one token outside the range is a counterexample."""
     steps = _as_data(data).steps
     tol = float(params.get("tol", 1e-9))
+    col = params.get("ratio", "exact_ratio")  # "ratio": the batch's sampled tokens (LM runs)
+    if col not in ("exact_ratio", "ratio"):
+        raise ValueError(f"ratio must be 'exact_ratio' or 'ratio', got {col!r}")
     lo = 1.0 - steps["cfg.loss.eps_low"]
     hi = 1.0 + steps["cfg.loss.eps_high"]
-    over = steps["exact_ratio_max"] - hi
-    under = lo - steps["exact_ratio_min"]
+    over = steps[f"{col}_max"] - hi
+    under = lo - steps[f"{col}_min"]
     bad = ((over > tol) | (under > tol)).astype("boolean")
-    bad[steps["exact_ratio_max"].isna()] = pd.NA
+    bad[steps[f"{col}_max"].isna()] = pd.NA
     excess = float(pd.concat([over, under]).max())
     worst = f"largest excursion beyond the clip range: {excess:.3g}"
     status, summary, ev = _universal(steps, bad, "|r - 1| <= eps", worst)
     ev["max_excursion"] = excess
-    ev["max_exact_ratio"] = float(steps["exact_ratio_max"].max())
-    ev["min_exact_ratio"] = float(steps["exact_ratio_min"].min())
-    ev["mean_frac_outside"] = float(steps["exact_frac_outside"].mean())
+    ev[f"max_{col}"] = float(steps[f"{col}_max"].max())
+    ev[f"min_{col}"] = float(steps[f"{col}_min"].min())
+    if col == "exact_ratio":
+        ev["mean_frac_outside"] = float(steps["exact_frac_outside"].mean())
     return status, summary, ev
 
 
@@ -483,10 +495,20 @@ def _convergence(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dic
     return "inconclusive", f"{rate} straddles {max_error}: {detail}", evidence
 
 
-def _final_scores(data: SweepData) -> pd.DataFrame:
-    """One row per run: its config columns and final normalised return J_final / J*."""
+SCORES = ("return", "eval_acc")
+
+
+def _final_scores(data: SweepData, score: str = "auto") -> pd.DataFrame:
+    """One row per run: its config columns and its final score: "return", the normalised return
+    J_final / J* (tabular runs), or "eval_acc", the held-out accuracy of a language model at the
+    end (``eval_acc_final``); "auto" takes the one the summary has."""
     s = data.summary[data.summary["status"] != "error"].copy()
-    s["score"] = s["j_final"] / s["j_star"].abs()
+    if score == "auto":
+        has_return = "j_final" in s and s["j_final"].notna().any()
+        score = "return" if has_return or "eval_acc_final" not in s else "eval_acc"
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {['auto', *SCORES]}")
+    s["score"] = s["j_final"] / s["j_star"].abs() if score == "return" else s["eval_acc_final"]
     return s
 
 
@@ -502,7 +524,7 @@ def _best_setting(data: SweepData, params: dict[str, Any]) -> tuple[str, str, di
     from grpo_lab import stats
 
     axis, claimed = params["axis"], params["claimed"]
-    s = _final_scores(data)
+    s = _final_scores(data, params.get("score", "auto"))
     table = {}
     for value, grp in s.groupby(axis):
         point, low, high = (
@@ -564,7 +586,7 @@ def _monotone_trend(data: SweepData, params: dict[str, Any]) -> tuple[str, str, 
         df = _speed(data, float(params.get("fraction", 0.9)))
         y = df["speed"]
     else:
-        df = _final_scores(data)
+        df = _final_scores(data, params.get("score", "auto"))
         y = df["score"] if metric == "final" else (df["score"] < params.get("collapse_below", 0.5))
     x = df[axis].to_numpy(dtype=float)
     y = np.asarray(y, dtype=float)
@@ -606,7 +628,7 @@ def _improvement(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dic
     from grpo_lab import stats
 
     better, worse = params["better"], params["worse"]
-    s = _final_scores(data)
+    s = _final_scores(data, params.get("score", "auto"))
     by = {k: g["score"].to_numpy() for k, g in s.groupby("cfg.label")}
     evidence: dict[str, Any] = {"better": better, "worse": worse}
     if better not in by or worse not in by:

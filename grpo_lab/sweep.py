@@ -36,7 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from grpo_lab import store
 from grpo_lab.algorithms import ALGORITHMS
-from grpo_lab.envs.tabular import make_env
+from grpo_lab.envs import make as make_env
 from grpo_lab.protocols import Protocol, RunSpec, Verdict, expand, judge
 
 BACKENDS = ("local", "ray")

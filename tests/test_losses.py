@@ -572,6 +572,28 @@ def test_aggregation_weights_equal_aggregate_on_the_padded_layout(mode):
     torch.testing.assert_close((w * v.reshape(c, b * t)).sum(-1), expected)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_aggregation_weights_of_a_split_batch_with_global_counts_sum_to_the_whole(mode):
+    # A batch split in two parts (two processes): weights from the global token / sequence counts
+    # and batch size, summed over the parts, equal the weights of the whole batch.
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5, 2, 0, 4, 1, 3])
+    mask = torch.arange(5) < lengths.unsqueeze(-1)  # (B, T)
+    seq_len = lengths.unsqueeze(-1).expand(6, 5)
+
+    def total(rows: slice, n_tok: torch.Tensor | None, n_seq: torch.Tensor, b: int) -> torch.Tensor:
+        m, sl = mask[rows].reshape(1, -1), seq_len[rows].reshape(1, -1)
+        w = aggregation_weights(mode, m, sl, n_seq, b, 7, dtype=torch.float64, num_tokens=n_tok)
+        return (w * v[rows].reshape(1, -1)).sum()
+
+    whole = total(slice(0, 6), None, torch.tensor([5]), 6)
+    n_tok, n_seq = mask.sum().reshape(1), torch.tensor([5])
+    parts = total(slice(0, 3), n_tok, n_seq, 6) + total(slice(3, 6), n_tok, n_seq, 6)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(whole, aggregate(v, mask, mode, max_len=7))
+
+
 def test_clip_fractions_hand_worked():
     # The hand-worked batch: gradient zeroed at 3 of 5 tokens (clipped high with A > 0, clipped
     # low with A < 0, dual-clipped), 1 of them by the dual clip.

@@ -324,3 +324,36 @@ def test_unbiased_rule_without_gradient_data_and_bad_params():
     )
     with pytest.raises(ValueError, match="test must be 'direction' or 'scale'"):
         rule(_gradient_runs([("a", 0.5, 0.0, 0.0, 1.0)]), {"test": "both"})
+
+
+def test_ratio_bound_rule_on_sampled_token_ratios():
+    rule = VERDICTS.get("ratio-bound")
+    steps = _steps(
+        **{"cfg.loss.eps_low": [0.2] * 3, "cfg.loss.eps_high": [0.2] * 3},
+        ratio_max=[1.1, 1.19, 1.05],
+        ratio_min=[0.9, 0.85, 0.95],
+    )
+    status, _, ev = rule(steps, {"ratio": "ratio"})
+    assert status == "holds" and ev["max_ratio"] == pytest.approx(1.19)
+    assert rule(steps.assign(ratio_min=[0.9, 0.7, 0.95]), {"ratio": "ratio"})[0] == "violated"
+    with pytest.raises(ValueError, match="ratio must be 'exact_ratio' or 'ratio'"):
+        rule(steps, {"ratio": "sampled"})
+
+
+def test_final_score_rules_use_eval_accuracy_for_language_models():
+    rule = VERDICTS.get("improvement")
+    rows = []
+    for label, accs in {
+        "grpo": [0.6, 0.62, 0.65, 0.61],
+        "dr_grpo": [0.4, 0.42, 0.41, 0.45],
+    }.items():
+        for i, a in enumerate(accs):
+            rows.append({"run_id": f"{label}{i}", "cfg.label": label, "status": "ok",
+                         "j_final": None, "j_star": None, "eval_acc_final": a})  # fmt: skip
+    data = SweepData(steps=pd.DataFrame(), summary=pd.DataFrame(rows))
+    params = {"better": "grpo", "worse": "dr_grpo", "reps": 300}
+    assert rule(data, params)[0] == "holds"  # "auto": no return, so the accuracy
+    assert rule(data, {**params, "score": "eval_acc"})[0] == "holds"
+    assert rule(data, {**params, "better": "dr_grpo", "worse": "grpo"})[0] == "violated"
+    with pytest.raises(ValueError, match="unknown score 'loss'"):
+        rule(data, {**params, "score": "loss"})

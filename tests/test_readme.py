@@ -22,3 +22,7 @@ def test_readme_python_blocks_run():
     assert rec.status == ["ok"] * 4
     assert (rec.j_final <= rec.j_star + 1e-9).all()
     assert torch.isclose(lab_example["j_star"], rec.j_star[0])
+    (lm,) = [ns for ns in namespaces if "train_lm_grpo" in ns]
+    lm_rec = lm["record"]
+    assert lm_rec.status == ["ok"] and lm_rec.stacked("step")["probe_kl"].shape == (1, 2)
+    assert 0.0 <= float(lm_rec.summary["eval_acc_final"][0]) <= 1.0

@@ -174,3 +174,34 @@ def test_gradient_protocols_run_judge_and_report(tmp_path):
     section = md[md.index("## gradient-bias") :]
     assert section.index("### Gradient bias") < section.index("### Figures not drawn")
     assert (out / "figures" / r.sweep_path.name / "gradient-bias.png").is_file()
+
+
+@pytest.mark.slow
+def test_an_lm_protocol_runs_and_is_judged(tmp_path, monkeypatch):
+    """lm-ratio-bound on its quick budget: language-model runs go through the same sweep, store
+    and verdict path; the verdict reads the sampled tokens' ratios."""
+    from grpo_lab.protocols import PROTOCOL_DIR
+
+    monkeypatch.setenv("GRPO_LAB_CACHE", str(tmp_path / "cache"))
+    p = load_protocol(PROTOCOL_DIR / "lm-ratio-bound.toml")
+    assert p.suite == "lm"
+    r = run_protocol(p, tmp_path / "out", budget="quick", progress=False)
+    assert r.ran == 8 and r.verdict.status in ("holds", "violated")
+    steps = store.load_results(r.sweep_path, "steps")
+    assert r.verdict.evidence["steps"] == len(steps) == 8 * 2 * 4 * 2  # runs x iters x epochs x mbs
+    # the verdict is the stored numbers' own answer
+    outside = (steps["ratio_max"] > 1 + steps["cfg.loss.eps_high"] + 1e-9) | (
+        steps["ratio_min"] < 1 - steps["cfg.loss.eps_low"] - 1e-9
+    )
+    assert r.verdict.evidence["violating_steps"] == int(outside.sum())
+    assert r.verdict.status == ("violated" if outside.any() else "holds")
+    summ = store.load_results(r.sweep_path, "summary")
+    assert {"eval_acc_start", "eval_acc_final"} <= set(summ.columns)
+
+
+def test_cli_suites():
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", "--suite", "nosuch", "--quick"])
+    assert r.exit_code == 2 and "no protocol in suite 'nosuch'" in r.output and "lm" in r.output
+    r = runner.invoke(app, ["list"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0 and "lm-compare" in r.output

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
-from grpo_lab.algorithms import gradient, grpo, ppo, trpo
+from grpo_lab.algorithms import gradient, grpo, grpo_lm, ppo, trpo
 from grpo_lab.algorithms.common import RunRecord
-from grpo_lab.envs.tabular import TabularMDP
 from grpo_lab.registry import Registry
 
 
@@ -24,7 +24,7 @@ class Algorithm:
     """What a sweep needs to know of an algorithm."""
 
     config: type[BaseModel]
-    train: Callable[[TabularMDP, Sequence[BaseModel]], RunRecord]
+    train: Callable[[Any, Sequence[BaseModel]], RunRecord]  # (environment, configs)
     batchable: tuple[str, ...]
 
 
@@ -36,3 +36,5 @@ ALGORITHMS.add("trpo", Algorithm(trpo.TRPOConfig, trpo.train_trpo, trpo.BATCHABL
 ALGORITHMS.add(
     "gradient", Algorithm(gradient.GradientConfig, gradient.train_gradient, gradient.BATCHABLE)
 )
+# GRPO on a language-model task (grpo_lm.py): the environment is an LMTask, not an MDP
+ALGORITHMS.add("lm-grpo", Algorithm(grpo_lm.LMGRPOConfig, grpo_lm.train_lm_grpo, grpo_lm.BATCHABLE))

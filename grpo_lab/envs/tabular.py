@@ -96,7 +96,9 @@ def _float_tensor(name: str, x: object) -> Tensor:
         try:
             x = torch.as_tensor(x, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{name} must be a tensor or array-like, got {type(x).__name__}") from e
+            raise ValueError(
+                f"{name} must be a tensor or array-like, got {type(x).__name__}"
+            ) from e
     t = as_tensor(name, x)
     if not t.is_floating_point():
         t = t.to(torch.float64)

@@ -509,6 +509,7 @@ def _final_scores(data: SweepData, score: str = "auto") -> pd.DataFrame:
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {['auto', *SCORES]}")
     s["score"] = s["j_final"] / s["j_star"].abs() if score == "return" else s["eval_acc_final"]
+    s.attrs["score"] = "J/J*" if score == "return" else "held-out accuracy"
     return s
 
 
@@ -544,11 +545,16 @@ def _best_setting(data: SweepData, params: dict[str, Any]) -> tuple[str, str, di
     others = {k: v for k, v in table.items() if k != claimed}
     above = [k for k, (_, lo, _) in others.items() if lo > c_high]
     line = ", ".join(f"{k}: {p:.3f} [{lo:.3f}, {hi:.3f}]" for k, (p, lo, hi) in table.items())
+    what = s.attrs["score"]
     if above:
-        return "violated", f"{axis} = {above} beat {claimed} (IQM J/J*, 95% CI: {line})", evidence
+        return "violated", f"{axis} = {above} beat {claimed} (IQM {what}, 95% CI: {line})", evidence
     if best == claimed and all(c_low > hi for _, _, hi in others.values()):
-        return "holds", f"{axis} = {claimed} is best (IQM J/J*, 95% CI: {line})", evidence
-    return "inconclusive", f"no value separates from {claimed} (IQM J/J*, 95% CI: {line})", evidence
+        return "holds", f"{axis} = {claimed} is best (IQM {what}, 95% CI: {line})", evidence
+    return (
+        "inconclusive",
+        f"no value separates from {claimed} (IQM {what}, 95% CI: {line})",
+        evidence,
+    )
 
 
 def _speed(data: SweepData, fraction: float) -> pd.DataFrame:
@@ -646,7 +652,7 @@ def _improvement(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dic
         )
     p, low, high = stats.probability_of_improvement_ci(by[better], by[worse], reps=reps, seed=0)
     evidence.update(p_improvement=p, p_improvement_ci95=[low, high])
-    desc = f"P({better} > {worse}) = {p:.2f} [95% CI {low:.2f}, {high:.2f}] on final J/J*"
+    desc = f"P({better} > {worse}) = {p:.2f} [95% CI {low:.2f}, {high:.2f}] on final {s.attrs['score']}"
     if low > 0.5:
         return "holds", desc, evidence
     if high < 0.5:

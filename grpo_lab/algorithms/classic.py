@@ -16,7 +16,7 @@ each an option with the RL Zoo's CartPole-v1 values as defaults), one update, to
      fractions by side, approx KL), entropy, explained variance of the critic, episode returns,
      env steps per second.
 
-(GRPO and TRPO on these tasks: not yet, see the issue's note.)
+GRPO without a critic on the same tasks: ``classic_grpo.py``. (TRPO there: not yet.)
 """
 
 from __future__ import annotations

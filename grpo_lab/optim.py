@@ -74,23 +74,52 @@ class BatchedAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
+        """One Adam step for every parameter with a gradient, as a handful of multi-tensor
+        (``torch._foreach_*``) calls: small networks are bound by per-op overhead, not FLOPs."""
         for group in self.param_groups:
             b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            ps = [p for p in group["params"] if p.grad is not None]
+            if not ps:
+                continue
+            for p in ps:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["m"] = torch.zeros_like(p)
                     state["v"] = torch.zeros_like(p)
                 state["step"] += 1
-                t = state["step"]
-                m, v, g = state["m"], state["v"], p.grad
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
-                p.sub_(_per_config(group["lr"], p, True) * (m / (1 - b1**t)) / denom)
+            steps = {self.state[p]["step"] for p in ps}
+            if len(steps) > 1:  # parameters that missed steps: one at a time
+                for p in ps:
+                    self._one(p, group, self.state[p]["step"])
+                continue
+            t = steps.pop()
+            ms = [self.state[p]["m"] for p in ps]
+            vs = [self.state[p]["v"] for p in ps]
+            gs = [p.grad for p in ps]
+            torch._foreach_mul_(ms, b1)
+            torch._foreach_add_(ms, gs, alpha=1 - b1)  # m <- b1 m + (1 - b1) g
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)  # v <- b2 v + (1 - b2) g^2
+            denom = torch._foreach_div(vs, 1 - b2**t)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, group["eps"])  # sqrt(v / (1 - b2^t)) + eps
+            upd = torch._foreach_div(ms, 1 - b1**t)
+            torch._foreach_div_(upd, denom)  # m_hat / (sqrt(v_hat) + eps)
+            lrs = [_per_config(group["lr"], p, True) for p in ps]
+            if isinstance(lrs[0], float):
+                torch._foreach_mul_(upd, lrs[0])
+            else:
+                torch._foreach_mul_(upd, lrs)
+            torch._foreach_sub_(ps, upd)
+
+    def _one(self, p: Tensor, group: dict, t: int) -> None:
+        b1, b2 = group["betas"]
+        m, v, g = self.state[p]["m"], self.state[p]["v"], p.grad
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
+        p.sub_(_per_config(group["lr"], p, True) * (m / (1 - b1**t)) / denom)
 
 
 OptimizerName = OPTIMIZERS.name_type()

@@ -16,7 +16,7 @@ each an option with the RL Zoo's CartPole-v1 values as defaults), one update, to
      fractions by side, approx KL), entropy, explained variance of the critic, episode returns,
      env steps per second.
 
-GRPO without a critic on the same tasks: ``classic_grpo.py``. (TRPO there: not yet.)
+GRPO without a critic on the same tasks: ``classic_grpo.py``; TRPO with a critic: ``classic_trpo.py``.
 """
 
 from __future__ import annotations

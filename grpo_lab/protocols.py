@@ -495,21 +495,31 @@ def _convergence(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dic
     return "inconclusive", f"{rate} straddles {max_error}: {detail}", evidence
 
 
-SCORES = ("return", "eval_acc")
+SCORES = ("return", "eval_acc", "eval_return")
 
 
 def _final_scores(data: SweepData, score: str = "auto") -> pd.DataFrame:
     """One row per run: its config columns and its final score: "return", the normalised return
-    J_final / J* (tabular runs), or "eval_acc", the held-out accuracy of a language model at the
-    end (``eval_acc_final``); "auto" takes the one the summary has."""
+    J_final / J* (tabular runs), "eval_acc", the held-out accuracy of a language model at the
+    end (``eval_acc_final``), or "eval_return", the mean return of deterministic evaluation
+    episodes (classic control); "auto" takes the one the summary has."""
     s = data.summary[data.summary["status"] != "error"].copy()
     if score == "auto":
         has_return = "j_final" in s and s["j_final"].notna().any()
-        score = "return" if has_return or "eval_acc_final" not in s else "eval_acc"
+        score = next(
+            (k for k, col in (("eval_acc", "eval_acc_final"), ("eval_return", "eval_return"))
+             if not has_return and col in s),
+            "return",
+        )  # fmt: skip
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {['auto', *SCORES]}")
-    s["score"] = s["j_final"] / s["j_star"].abs() if score == "return" else s["eval_acc_final"]
-    s.attrs["score"] = "J/J*" if score == "return" else "held-out accuracy"
+    if score == "return":
+        s["score"] = s["j_final"] / s["j_star"].abs()
+    else:
+        s["score"] = s["eval_acc_final" if score == "eval_acc" else "eval_return"]
+    s.attrs["score"] = {"return": "J/J*", "eval_acc": "held-out accuracy"}.get(
+        score, "evaluation return"
+    )
     return s
 
 

@@ -205,3 +205,45 @@ def test_cli_suites():
     assert r.exit_code == 2 and "no protocol in suite 'nosuch'" in r.output and "lm" in r.output
     r = runner.invoke(app, ["list"], env={"COLUMNS": "250"})
     assert r.exit_code == 0 and "lm-compare" in r.output
+
+
+def test_classic_control_trainers_run_through_the_sweep(tmp_path):
+    """A protocol naming a classic-control task: the sweep builds the task, the registered
+    trainers take its env_id, and the improvement rule scores the evaluation return."""
+    text = """
+name = "tiny-classic"
+claim = "a claim"
+[env]
+name = "Acrobot-v1"
+[[algorithms]]
+name = "classic-ppo"
+label = "ppo"
+config = { env_id = "Acrobot-v1", num_envs = 2, num_steps = 64, update_epochs = 2 }
+[[algorithms]]
+name = "classic-trpo"
+label = "trpo"
+config = { env_id = "Acrobot-v1", n_steps = 64, batch_size = 64, n_critic_updates = 1 }
+[grid]
+seed = [0, 1]
+[budget.quick]
+total_timesteps = 256
+eval_episodes = 1
+[verdict]
+rule = "improvement"
+params = { better = "ppo", worse = "trpo", score = "eval_return", reps = 200 }
+"""
+    path = tmp_path / "classic.toml"
+    path.write_text(text)
+    r = run_protocol(load_protocol(path), tmp_path / "out", budget="quick", progress=False)
+    assert r.ran == 4 and r.verdict.status in ("holds", "violated", "inconclusive")
+    summ = store.load_results(r.sweep_path, "summary")
+    # Acrobot's returns: -1 per step, at most 500 steps
+    assert (summ["eval_return"] <= 0).all() and (summ["eval_return"] >= -500).all()
+    assert set(summ["cfg.label"]) == {"ppo", "trpo"}
+    assert "evaluation return" in r.verdict.summary
+    # a configuration naming another task than the protocol's is an error, not a silent override
+    from grpo_lab.algorithms.classic import ClassicPPOConfig, train_classic_ppo
+    from grpo_lab.envs import make
+
+    with pytest.raises(ValueError, match="configs\\[0\\].env_id = 'CartPole-v1' but the task is"):
+        train_classic_ppo(make("Acrobot-v1"), [ClassicPPOConfig()])

@@ -14,7 +14,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from grpo_lab.algorithms import gradient, grpo, grpo_lm, ppo, trpo
+from grpo_lab.algorithms import (
+    classic,
+    classic_grpo,
+    classic_trpo,
+    gradient,
+    grpo,
+    grpo_lm,
+    ppo,
+    trpo,
+)
 from grpo_lab.algorithms.common import RunRecord
 from grpo_lab.registry import Registry
 
@@ -38,3 +47,20 @@ ALGORITHMS.add(
 )
 # GRPO on a language-model task (grpo_lm.py): the environment is an LMTask, not an MDP
 ALGORITHMS.add("lm-grpo", Algorithm(grpo_lm.LMGRPOConfig, grpo_lm.train_lm_grpo, grpo_lm.BATCHABLE))
+# classic control (classic*.py): the environment is a ClassicTask (e.g. "CartPole-v1")
+ALGORITHMS.add(
+    "classic-ppo",
+    Algorithm(classic.ClassicPPOConfig, classic.train_classic_ppo, classic.PPO_BATCHABLE),
+)
+ALGORITHMS.add(
+    "classic-grpo",
+    Algorithm(
+        classic_grpo.ClassicGRPOConfig, classic_grpo.train_classic_grpo, classic_grpo.BATCHABLE
+    ),
+)
+ALGORITHMS.add(
+    "classic-trpo",
+    Algorithm(
+        classic_trpo.ClassicTRPOConfig, classic_trpo.train_classic_trpo, classic_trpo.BATCHABLE
+    ),
+)

@@ -88,6 +88,20 @@ def _check_env(env_id: str) -> str:
     return CLASSIC_ENVS.check(env_id)
 
 
+def with_task(env: object, configs: Sequence[BaseModel]) -> list[BaseModel]:
+    """Check the configurations against a protocol's task (``envs.ClassicTask``): each one's
+    ``env_id`` must name that task, so that the stored config says what ran. ``env`` None: each
+    configuration's own ``env_id`` counts."""
+    env_id = getattr(env, "env_id", None)
+    for i, c in enumerate(configs):
+        if env_id is not None and c.env_id != env_id:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"configs[{i}].env_id = {c.env_id!r} but the task is {env_id!r}; set env_id = "  # type: ignore[attr-defined]
+                f"{env_id!r} in the algorithm's config"
+            )
+    return list(configs)
+
+
 # ----------------------------------------------------------------------------- PPO
 
 
@@ -164,8 +178,9 @@ def train_classic_ppo(
     env: None | object, configs: ClassicPPOConfig | Sequence[ClassicPPOConfig]
 ) -> RunRecord:
     """PPO for each configuration, all C of them as one batched program (module docstring).
-    ``env`` is unused (the configs name the task; the sweep passes its environment spec)."""
+    ``env``: None (each configuration's ``env_id``) or a protocol's ``ClassicTask``."""
     configs = [configs] if isinstance(configs, ClassicPPOConfig) else list(configs)
+    configs = with_task(env, configs)
     check_batchable(configs, PPO_BATCHABLE)
     cfg, C = configs[0], len(configs)
     E, T, dt = cfg.num_envs, cfg.num_steps, torch.float32

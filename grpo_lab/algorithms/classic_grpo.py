@@ -41,7 +41,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grpo_lab.advantages import group_advantages
-from grpo_lab.algorithms.classic import BatchedMLP, _categorical, _check_env, _env_seeds, evaluate
+from grpo_lab.algorithms.classic import (
+    BatchedMLP,
+    _categorical,
+    _check_env,
+    _env_seeds,
+    evaluate,
+    with_task,
+)
 from grpo_lab.algorithms.common import (
     RunRecord,
     check_batchable,
@@ -391,7 +398,8 @@ def train_classic_grpo(
     ``env`` is unused (the configs name the task; the sweep passes its environment spec).
     Returns a ``RunRecord``: per-step and per-iteration metrics (C, ...), a status per
     configuration and ``summary`` eval_return, env_steps (C,)."""
-    trainer = ClassicGRPOTrainer(configs)
+    configs = [configs] if isinstance(configs, ClassicGRPOConfig) else list(configs)
+    trainer = ClassicGRPOTrainer(with_task(env, configs))
     for it in range(trainer.cfg.iterations):
         trainer.update(it)
     return trainer.finish()

@@ -63,7 +63,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpo_lab.advantages import gae
-from grpo_lab.algorithms.classic import BatchedMLP, _categorical, _check_env, _env_seeds, evaluate
+from grpo_lab.algorithms.classic import (
+    BatchedMLP,
+    _categorical,
+    _check_env,
+    _env_seeds,
+    evaluate,
+    with_task,
+)
 from grpo_lab.algorithms.common import RunRecord, check_batchable, iteration_generators
 from grpo_lab.algorithms.trpo import _flat_grad, conjugate_gradient, flatten, unflatten
 from grpo_lab.envs.classic import ClassicVecEnv, make_classic
@@ -436,6 +443,7 @@ def train_classic_trpo(
     A non-finite step or critic loss stops that configuration (status "diverged"), not the batch.
     """
     configs = [configs] if isinstance(configs, ClassicTRPOConfig) else list(configs)
+    configs = with_task(env, configs)
     check_batchable(configs, BATCHABLE)
     cfg, C = configs[0], len(configs)
     E, T, dt = cfg.n_envs, cfg.n_steps, torch.float32

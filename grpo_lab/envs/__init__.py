@@ -1,14 +1,17 @@
 """Environments a protocol can name: batched tabular MDPs with exact evaluation (``tabular``,
-``ENVS``) and language-model tasks with verifiable rewards (``lm_tasks``, ``LM_TASKS``); later
-classic control. ``ENVIRONMENTS`` holds every one of them by name, ``make(name, **kwargs)``
-builds one."""
+``ENVS``), language-model tasks with verifiable rewards (``lm_tasks``, ``LM_TASKS``) and
+classic-control tasks (``classic``, ``CLASSIC_ENVS``: a ``ClassicTask`` names one; the trainers
+build its vector environments). ``ENVIRONMENTS`` holds every one of them by name,
+``make(name, **kwargs)`` builds one."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from grpo_lab.envs.classic import CLASSIC_ENVS
 from grpo_lab.envs.lm_tasks import LM_TASKS, make_task
 from grpo_lab.envs.tabular import ENVS
 from grpo_lab.registry import Registry
@@ -18,6 +21,18 @@ for _name in ENVS.names():
     ENVIRONMENTS.add(_name, ENVS.get(_name))
 for _name in LM_TASKS.names():
     ENVIRONMENTS.add(_name, partial(make_task, _name))
+
+
+@dataclass(frozen=True)
+class ClassicTask:
+    """A classic-control task named by a protocol (``env_id``, e.g. "CartPole-v1"); the
+    trainers of ``grpo_lab.algorithms.classic*`` build its vector environments."""
+
+    env_id: str
+
+
+for _name in CLASSIC_ENVS.names():
+    ENVIRONMENTS.add(_name, partial(ClassicTask, _name))
 
 
 def make(name: str, **kwargs: Any) -> Any:

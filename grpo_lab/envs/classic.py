@@ -80,6 +80,7 @@ seed + i), but its start states differ from the torch backend's.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -152,7 +153,7 @@ def _seed_list(seed: int | Sequence[int], num_envs: int) -> list[int]:
 # The shared API
 
 
-class ClassicVecEnv:
+class ClassicVecEnv(ABC):
     """N independent environments with a Discrete action space, stepped as one batch.
 
     Attributes:
@@ -256,18 +257,19 @@ class ClassicVecEnv:
             self._last_truncated = truncated
         return obs, reward, terminated, truncated
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default, not abstract
         """Release resources (the gymnasium envs); the torch envs hold none."""
 
     # -- for subclasses ------------------------------------------------------------------
 
-    def _reset(self, seeds: list[int] | None) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def _reset(self, seeds: list[int] | None) -> Tensor: ...
 
+    @abstractmethod
     def _env_step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Step all N envs: (obs, reward, terminated, truncated, final_obs), where obs is after
         the autoreset of ended envs when ``self.autoreset`` (else obs is final_obs)."""
-        raise NotImplementedError
+        ...
 
     def _clear_episodes(self) -> None:
         """Fresh counters (new tensors: ones handed out earlier are never changed in place)."""
@@ -393,17 +395,20 @@ class TorchClassicEnv(ClassicVecEnv):
 
     # -- physics, per subclass -----------------------------------------------------------
 
+    @abstractmethod
     def dynamics(self, state: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """(N, state_dim), (N,) long -> next state (N, state_dim), terminated (N,) bool."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def observe(self, state: Tensor) -> Tensor:
         """(M, state_dim) -> observations (M, obs_dim)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def rewards(self, terminated: Tensor) -> Tensor:
         """(N,) bool -> (N,) reward of the step."""
-        raise NotImplementedError
+        ...
 
     # -- state access --------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ import random
 import re
 import string
 import sys
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -278,7 +279,7 @@ class Example:
     answer: str  # the reference completion without EOS, e.g. "46"
 
 
-class LMTask:
+class LMTask(ABC):
     """A task: seeded examples and an exact reward. Subclasses set ``name``, ``alphabet``,
     ``max_prompt_len``, ``max_answer_len`` and implement ``_draw`` and ``_well_formed`` (and
     ``_correct`` when an exact string match is not the rule)."""
@@ -323,8 +324,8 @@ class LMTask:
         examples = self._distinct(random.Random(_check_seed(seed)), total)
         return examples[:n_train], examples[n_train:]
 
-    def _draw(self, rng: random.Random) -> Example:
-        raise NotImplementedError
+    @abstractmethod
+    def _draw(self, rng: random.Random) -> Example: ...
 
     def _distinct(self, rng: random.Random, k: int) -> list[Example]:
         """``k`` examples with distinct prompts: draw until found, giving up after 20 k + 1000."""
@@ -359,8 +360,8 @@ class LMTask:
     def _correct(self, example: Example, text: str) -> bool:
         return text == example.answer
 
-    def _well_formed(self, example: Example, text: str) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def _well_formed(self, example: Example, text: str) -> bool: ...
 
 
 class _IndexedTask(LMTask):
@@ -373,8 +374,8 @@ class _IndexedTask(LMTask):
     def num_prompts(self) -> int:
         return self._count
 
-    def _example_at(self, index: int) -> Example:
-        raise NotImplementedError
+    @abstractmethod
+    def _example_at(self, index: int) -> Example: ...
 
     def _draw(self, rng: random.Random) -> Example:
         return self._example_at(rng.randrange(self._count))

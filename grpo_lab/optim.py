@@ -13,7 +13,8 @@ learning rate may differ per configuration: ``lr`` here is a number or a (C,) te
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -120,6 +121,44 @@ class BatchedAdam(torch.optim.Optimizer):
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
         p.sub_(_per_config(group["lr"], p, True) * (m / (1 - b1**t)) / denom)
+
+
+def flat_parameters(params: Sequence[Tensor]) -> torch.nn.Parameter:
+    """Move batched parameters (each (C, ...), leading configuration axis) into one (C, P)
+    buffer and their gradients into one (C, P) gradient buffer; return the buffer as a leaf whose
+    ``.grad`` is the gradient buffer.
+
+    Each parameter's ``.data`` becomes a view of its columns of the buffer and its ``.grad`` a view
+    of the same columns of the gradient buffer. Backward adds into a defined ``.grad`` in place, so
+    after ``loss.backward()`` the flat gradient holds every parameter's gradient, and an optimiser
+    over ``[flat]`` updates every parameter with a few ops on one tensor instead of a few per
+    parameter (small networks are bound by per-op overhead, not FLOPs). Zero the gradients with
+    ``opt.zero_grad(set_to_none=False)`` (``None`` would detach the views). Shapes: params
+    [(C, ...)] -> (C, P), P = total size per configuration.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("params is empty")
+    # the views of a (C, P) buffer are not dense when C > 1, so autograd warns once that their
+    # gradients cannot follow its preferred layout; it adds into the given views all the same
+    warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+    C = params[0].shape[0]
+    if any(p.dim() == 0 or p.shape[0] != C for p in params):
+        raise ValueError(
+            f"every parameter needs the same leading configuration axis; got shapes "
+            f"{[tuple(p.shape) for p in params]}"
+        )
+    sizes = [p[0].numel() for p in params]
+    data = torch.cat([p.detach().reshape(C, -1) for p in params], dim=1)  # (C, P)
+    grad = torch.zeros_like(data)
+    flat = torch.nn.Parameter(data)
+    flat.grad = grad
+    off = 0
+    for p, n in zip(params, sizes, strict=True):
+        p.data = data[:, off : off + n].view(p.shape)
+        p.grad = grad[:, off : off + n].view(p.shape)
+        off += n
+    return flat
 
 
 OptimizerName = OPTIMIZERS.name_type()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from grpo_lab.algorithms.classic import BatchedMLP, evaluate
+from grpo_lab.algorithms.classic import evaluate
 from grpo_lab.algorithms.classic_grpo import (
     ClassicGRPOConfig,
     ClassicGRPOTrainer,
@@ -19,6 +19,7 @@ from grpo_lab.algorithms.classic_grpo import (
 )
 from grpo_lab.envs.classic import make_classic
 from grpo_lab.losses import PRESETS
+from grpo_lab.policies.mlp import BatchedMLP
 
 SMALL = {"num_groups": 4, "group_size": 4, "eval_episodes": 2}
 

@@ -5,29 +5,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from grpo_lab.algorithms.classic import BatchedMLP, ClassicPPOConfig, train_classic_ppo
+from grpo_lab.algorithms.classic import ClassicPPOConfig, train_classic_ppo
 
 SHORT = {"total_timesteps": 2 * 8 * 32, "update_epochs": 2, "eval_episodes": 2}
-
-
-def test_batched_mlp_is_c_independent_mlps():
-    net = BatchedMLP([4, 8, 8, 2], seeds=[0, 1, 2], out_gain=0.01, dtype=torch.float64)
-    x = torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    net.requires_grad_(False)
-    out = net(x)
-    for c in range(3):
-        h = x[c]
-        for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
-            h = h @ w[c] + b[c]
-            h = torch.tanh(h) if i < 2 else h
-        torch.testing.assert_close(out[c], h)
-    # orthogonal initialisation with the CleanRL gains: W^T W = gain^2 I (in <= out) per config
-    w0 = net.weights[0][1]  # (4, 8): 4 orthonormal rows of norm sqrt(2)
-    torch.testing.assert_close(w0 @ w0.T, 2.0 * torch.eye(4, dtype=torch.float64))
-    assert float(net.weights[-1].abs().max()) < 0.05  # the output layer starts small (gain 0.01)
-    # per-configuration seeds: the same seed, the same weights
-    again = BatchedMLP([4, 8, 8, 2], seeds=[2], out_gain=0.01, dtype=torch.float64)
-    torch.testing.assert_close(again.weights[0][0], net.weights[0][2])
 
 
 def test_a_batch_equals_its_configurations_run_alone():
@@ -72,3 +52,63 @@ def test_bad_input_is_rejected_before_training():
         ClassicPPOConfig(num_minibatches=3)
     with pytest.raises(ValueError, match="differ in"):
         train_classic_ppo(None, [ClassicPPOConfig(**SHORT), ClassicPPOConfig(**SHORT, gamma=0.9)])
+
+
+def _update_setup(epochs: int):
+    """Two configurations' networks, Adam, and a synthetic batch whose pi_old is the actor."""
+    from grpo_lab.algorithms.classic import Rollout
+    from grpo_lab.optim import BatchedAdam, flat_parameters
+    from grpo_lab.policies.mlp import BatchedMLP
+
+    g = torch.Generator().manual_seed(4)
+    C, M, f64 = 2, 64, torch.float64
+    actor = BatchedMLP([4, 16, 16, 2], [0, 1], 1.0, f64)
+    critic = BatchedMLP([4, 16, 16, 1], [2, 3], 1.0, f64)
+    obs = torch.randn(C, M, 4, generator=g, dtype=f64)
+    actions = torch.randint(0, 2, (C, M), generator=g)
+    with torch.no_grad():
+        logp = torch.log_softmax(actor(obs), -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        values = critic(obs).squeeze(-1)
+    adv = torch.randn(C, M, generator=g, dtype=f64)
+    batch = Rollout(obs, actions, logp, values, adv, values + adv, torch.zeros(C, dtype=f64))
+    flat = flat_parameters(list(actor.parameters()) + list(critic.parameters()))
+    opt = BatchedAdam([flat], lr=torch.tensor([3e-2, 1e-2], dtype=f64))
+    cfg = ClassicPPOConfig(update_epochs=epochs, max_grad_norm=0.5, ent_coef=0.01)
+    clip = torch.tensor([0.2, 0.1], dtype=f64).reshape(C, 1, 1)
+    return actor, critic, opt, batch, clip, cfg
+
+
+def test_ppo_update_loss_and_ratio_audit_against_a_direct_computation():
+    from grpo_lab.algorithms.classic import ppo_update
+
+    actor, critic, opt, batch, clip, cfg = _update_setup(epochs=3)
+    # the first step's loss, written out from arXiv 1707.06347 eq. 7 (+ value loss, entropy)
+    with torch.no_grad():
+        logp_all = torch.log_softmax(actor(batch.obs), -1)
+        lp = logp_all.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+        a = batch.adv
+        a = (a - a.mean(-1, keepdim=True)) / (a.std(-1, keepdim=True) + 1e-8)
+        r = torch.exp(lp - batch.logp)
+        eps = clip.reshape(2, 1)
+        pg = -torch.minimum(r * a, r.clamp(1 - eps, 1 + eps) * a).mean(-1)
+        v = 0.5 * ((critic(batch.obs).squeeze(-1) - batch.returns) ** 2).mean(-1)
+        ent = -(logp_all.exp() * logp_all).sum(-1).mean(-1)
+        loss0 = pg - 0.01 * ent + 0.5 * v
+    st = ppo_update(actor, critic, opt, batch, clip, cfg)
+    assert st["loss"].shape == (2, 3)
+    torch.testing.assert_close(st["loss"][:, 0], loss0)
+    assert bool((st["grad_norm"] > 0).all()) and bool((st["finite"] == 1).all())
+    # the audit of the last step: the ratios of the updated actor on the batch
+    with torch.no_grad():
+        lp_new = torch.log_softmax(actor(batch.obs), -1).gather(-1, batch.actions.unsqueeze(-1))
+        r_new = torch.exp(lp_new.squeeze(-1) - batch.logp)
+    torch.testing.assert_close(st["ratio_max"][:, -1], r_new.amax(-1))
+    torch.testing.assert_close(st["ratio_min"][:, -1], r_new.amin(-1))
+    torch.testing.assert_close(st["ratio_mean"][:, -1], r_new.mean(-1))
+    # the audit of an earlier step (read off the next step's forward) equals a run that stops
+    # after that step and audits it with its own forward
+    for k in (1, 2):
+        a2, c2, o2, b2, cl2, cfg2 = _update_setup(epochs=k)
+        short = ppo_update(a2, c2, o2, b2, cl2, cfg2)
+        for name in ("ratio_max", "ratio_min", "approx_kl", "clip_frac", "loss"):
+            torch.testing.assert_close(st[name][:, k - 1], short[name][:, -1])

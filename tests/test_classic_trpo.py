@@ -7,7 +7,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from grpo_lab.algorithms.classic import BatchedMLP
 from grpo_lab.algorithms.classic_trpo import (
     ClassicTRPOConfig,
     fisher_vector_product,
@@ -17,6 +16,7 @@ from grpo_lab.algorithms.classic_trpo import (
     train_classic_trpo,
 )
 from grpo_lab.algorithms.trpo import conjugate_gradient, flatten, unflatten
+from grpo_lab.policies.mlp import BatchedMLP
 
 SIZES = [4, 5, 5, 3]  # obs 4, two tanh layers of 5, 3 actions: D = 73 parameters per config
 SHORT = {"n_steps": 128, "batch_size": 64, "total_timesteps": 2 * 2 * 128, "eval_episodes": 2}

@@ -24,64 +24,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpo_lab.advantages import gae
-from grpo_lab.algorithms.common import RunRecord, check_batchable, derive_seed
+from grpo_lab.algorithms.common import (
+    RunRecord,
+    check_batchable,
+    derive_seed,
+    iteration_generators,
+)
 from grpo_lab.algorithms.ppo import clip_grad_norm_per_config
 from grpo_lab.envs.classic import CLASSIC_ENVS, ClassicVecEnv, make_classic
 from grpo_lab.losses import clipped_surrogate, ratio_metrics
-from grpo_lab.optim import BatchedAdam
+from grpo_lab.optim import BatchedAdam, flat_parameters
+from grpo_lab.policies.mlp import BatchedMLP, categorical
 
 Tensor = torch.Tensor
 
 PPO_BATCHABLE = ("lr", "clip_coef", "seed")
-
-
-# ----------------------------------------------------------------------------- networks
-
-
-class BatchedMLP(torch.nn.Module):
-    """C independent MLPs (tanh hidden layers) evaluated as one program: layer weights (C, in,
-    out). Orthogonal initialisation per configuration (CleanRL: gain sqrt(2) for hidden layers,
-    ``out_gain`` for the output), seeded per configuration."""
-
-    def __init__(
-        self, sizes: Sequence[int], seeds: Sequence[int], out_gain: float, dtype: torch.dtype
-    ) -> None:
-        super().__init__()
-        C = len(seeds)
-        self.weights = torch.nn.ParameterList()
-        self.biases = torch.nn.ParameterList()
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            gain = out_gain if i == len(sizes) - 2 else math.sqrt(2.0)
-            w = torch.empty(C, n_out, n_in, dtype=torch.float64)
-            for c, s in enumerate(seeds):
-                g = torch.Generator().manual_seed(derive_seed(s, i, 7))
-                torch.nn.init.orthogonal_(w[c], gain=gain, generator=g)
-            self.weights.append(torch.nn.Parameter(w.transpose(1, 2).contiguous().to(dtype)))
-            self.biases.append(torch.nn.Parameter(torch.zeros(C, 1, n_out, dtype=dtype)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x (C, M, in) -> (C, M, out)."""
-        n = len(self.weights)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.baddbmm(b, x, w)
-            if i < n - 1:
-                x = torch.tanh(x)
-        return x
-
-
-def _categorical(logits: Tensor, gens: list[torch.Generator]) -> Tensor:
-    """One action per row from softmax(logits), configuration c drawing from generator c by
-    inverse CDF. Shapes: logits (C, M, A) -> (C, M) long."""
-    C, M, _ = logits.shape
-    u = torch.stack([torch.rand(M, generator=g, dtype=logits.dtype) for g in gens])  # (C, M)
-    cdf = torch.softmax(logits, -1).cumsum(-1)
-    return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_max(logits.shape[-1] - 1)
 
 
 def _check_env(env_id: str) -> str:
@@ -174,11 +138,220 @@ def evaluate(
     return ret.reshape(C, episodes).mean(-1)
 
 
+# ----------------------------------------------------------------------------- rollout
+
+
+@dataclass
+class Rollout:
+    """One update's samples, time last per environment then flattened (M = E T per
+    configuration): obs (C, M, D); actions (C, M) long; logp (C, M) log pi_old(a_t|s_t); values
+    (C, M) V(s_t) at sampling; adv and returns (C, M) from GAE; episode_return (C,) the mean return
+    of the episodes that ended in the rollout (NaN if none)."""
+
+    obs: Tensor
+    actions: Tensor
+    logp: Tensor
+    values: Tensor
+    adv: Tensor
+    returns: Tensor
+    episode_return: Tensor
+
+
+@torch.no_grad()
+def rollout(
+    actor: BatchedMLP,
+    critic: BatchedMLP,
+    venv: ClassicVecEnv,
+    obs: Tensor,
+    gens: list[torch.Generator],
+    num_steps: int,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Rollout, Tensor]:
+    """Steps 1-2 of PPO and TRPO: ``num_steps`` steps of the C x E autoreset environments from
+    ``obs`` (C, E, D), configuration c's actions drawn from ``gens[c]``; a truncated (not
+    terminated) episode's last reward gets + gamma V(final obs) (SB3's bootstrap of a time-limit
+    cut); then GAE(gamma, lambda) (arXiv 1506.02438 eq. 16). Returns (the rollout, the next
+    observations (C, E, D))."""
+    C, E, D = obs.shape
+    T, dt = num_steps, obs.dtype
+    b_obs = torch.zeros(T, C, E, D, dtype=dt)
+    b_act = torch.zeros(T, C, E, dtype=torch.long)
+    b_logp, b_rew, b_val = (torch.zeros(T, C, E, dtype=dt) for _ in range(3))
+    b_done = torch.zeros(T, C, E, dtype=torch.bool)
+    ended: list[Tensor] = []
+    for t in range(T):
+        logits = actor(obs)  # (C, E, A)
+        a = categorical(logits, gens)  # (C, E)
+        b_logp[t] = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+        b_obs[t], b_act[t] = obs, a
+        b_val[t] = critic(obs).squeeze(-1)
+        nxt, r, term, trunc = venv.step(a.reshape(-1))
+        r = r.to(dt).reshape(C, E)
+        trunc_ce = trunc.reshape(C, E) & ~term.reshape(C, E)
+        if bool(trunc_ce.any()):  # bootstrap a cut episode with V(final obs)
+            v_fin = critic(venv.final_obs.to(dt).reshape(C, E, D)).squeeze(-1)
+            r = r + gamma * torch.where(trunc_ce, v_fin, 0.0)
+        done = (term | trunc).reshape(C, E)
+        b_rew[t], b_done[t] = r, done
+        if bool(done.any()):
+            ended.append(torch.where(done, venv.ended_returns.reshape(C, E).double(), math.nan))
+        obs = nxt.reshape(C, E, D).to(dt)
+    vals = torch.cat([b_val, critic(obs).squeeze(-1).unsqueeze(0)]).permute(1, 2, 0)  # (C,E,T+1)
+    adv, ret = gae(
+        b_rew.permute(1, 2, 0), vals, b_done.permute(1, 2, 0).to(dt), gamma, gae_lambda
+    )  # (C, E, T)
+    ep = torch.stack(ended).permute(1, 0, 2).reshape(C, -1) if ended else None  # (C, K E)
+    flat = [x.permute(1, 2, 0).reshape(C, E * T) for x in (b_act, b_logp, b_val)]
+    roll = Rollout(
+        obs=b_obs.permute(1, 2, 0, 3).reshape(C, E * T, D),
+        actions=flat[0],
+        logp=flat[1],
+        values=flat[2],
+        adv=adv.reshape(C, E * T),
+        returns=ret.reshape(C, E * T),
+        episode_return=(
+            torch.nanmean(ep, -1) if ep is not None else torch.full((C,), math.nan).double()
+        ),
+    )
+    return roll, obs
+
+
+# ----------------------------------------------------------------------------- PPO update
+
+
+def _audit(lp_new: Tensor, lp_old: Tensor, adv: Tensor, clip: Tensor) -> dict[str, Tensor]:
+    """The ratio audit of one minibatch (``losses.ratio_metrics``): lp_new, lp_old, adv (C, mb),
+    clip (C, 1, 1) -> each metric (C,)."""
+    mask = torch.ones_like(lp_new, dtype=torch.bool).unsqueeze(1)  # (C, 1, mb)
+    r = torch.exp(lp_new - lp_old).unsqueeze(1)
+    return ratio_metrics(
+        lp_new.unsqueeze(1), lp_old.unsqueeze(1), r, adv.unsqueeze(1), mask, clip, clip
+    )
+
+
+def ppo_update(
+    actor: BatchedMLP,
+    critic: BatchedMLP,
+    opt: BatchedAdam,
+    batch: Rollout,
+    clip: Tensor,
+    cfg: ClassicPPOConfig,
+    order_gens: list[list[torch.Generator]] | None = None,
+) -> dict[str, Tensor]:
+    """Step 3-4: ``update_epochs`` x ``num_minibatches`` optimiser steps on one rollout.
+
+    Each step: advantages normalised per minibatch (if ``norm_adv``), the clipped surrogate
+    (arXiv 1707.06347 eq. 7) averaged over the minibatch, value loss 0.5 (V - R)^2 (or its
+    clipped form, ``clip_vloss``), loss = pg_loss - ent_coef H + vf_coef v_loss per
+    configuration, per-configuration gradient-norm clipping, one Adam step. Then the audit: the
+    minibatch's ratios pi_new / pi_old after the step. With one minibatch the next step's forward
+    is on the same batch with the same parameters, so its log-probabilities are this step's audit
+    and no extra forward is run (only after the last step).
+
+    ``opt``: one parameter group holding the actor's and critic's parameters (or their
+    ``optim.flat_parameters`` buffer); the gradient norm is clipped over that group. ``clip``
+    (C, 1, 1); ``order_gens[epoch]``: one generator per configuration for the minibatch
+    order of that epoch (needed when ``num_minibatches`` > 1). Returns name -> (C, K) over the K
+    optimiser steps: loss, pg_loss, v_loss, entropy, grad_norm, finite (1 if the loss and
+    gradient norm were finite), and the audit (``losses.ratio_metrics``).
+    """
+    C, M, D = batch.obs.shape
+    mb = M // cfg.num_minibatches
+    reuse = cfg.num_minibatches == 1
+    steps: list[dict[str, Tensor]] = []
+    pending: dict[str, Tensor] | None = None  # a step whose audit is the next forward
+    for epoch in range(cfg.update_epochs):
+        order = None  # each configuration's own minibatch order, from its own generator
+        if not reuse:
+            if order_gens is None:
+                raise ValueError("order_gens is needed when num_minibatches > 1")
+            order = torch.stack([torch.randperm(M, generator=g) for g in order_gens[epoch]])
+        for m in range(cfg.num_minibatches):
+            if order is None:
+                o, a, lp_old = batch.obs, batch.actions, batch.logp
+                ad, rt, v_old = batch.adv, batch.returns, batch.values
+            else:
+                idx = order[:, m * mb : (m + 1) * mb]  # (C, mb)
+                o = batch.obs.gather(1, idx.unsqueeze(-1).expand(C, mb, D))
+                a, lp_old, ad, rt, v_old = (
+                    x.gather(1, idx)
+                    for x in (batch.actions, batch.logp, batch.adv, batch.returns, batch.values)
+                )
+            if cfg.norm_adv:
+                ad = (ad - ad.mean(-1, keepdim=True)) / (ad.std(-1, keepdim=True) + 1e-8)
+            logp_all = torch.log_softmax(actor(o), -1)  # (C, mb, A)
+            lp = logp_all.gather(-1, a.unsqueeze(-1)).squeeze(-1)  # (C, mb)
+            if pending is not None:
+                steps.append(pending | _audit(lp.detach(), lp_old, ad, clip))
+            ent = -(logp_all.exp() * logp_all).sum(-1).mean(-1)  # (C,)
+            mask = torch.ones_like(lp, dtype=torch.bool).unsqueeze(1)  # (C, 1, mb)
+            per_tok, _ = clipped_surrogate(
+                lp.unsqueeze(1), lp_old.unsqueeze(1), ad.unsqueeze(1), mask, clip, clip
+            )
+            pg_loss = per_tok.mean((-2, -1))  # (C,)
+            v = critic(o).squeeze(-1)  # (C, mb)
+            if cfg.clip_vloss:
+                c2 = clip.reshape(C, 1)
+                v_clip = v_old + (v - v_old).clamp(-c2, c2)
+                v_loss = 0.5 * torch.maximum((v - rt) ** 2, (v_clip - rt) ** 2).mean(-1)
+            else:
+                v_loss = 0.5 * ((v - rt) ** 2).mean(-1)
+            loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss  # (C,)
+            opt.zero_grad(set_to_none=False)
+            loss.sum().backward()  # configurations are independent: the sum is each its own
+            grad_norm = clip_grad_norm_per_config(opt.param_groups[0]["params"], cfg.max_grad_norm)
+            opt.step()
+            metrics = {
+                "loss": loss.detach(),
+                "pg_loss": pg_loss.detach(),
+                "v_loss": v_loss.detach(),
+                "entropy": ent.detach(),
+                "grad_norm": grad_norm,
+                "finite": (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).to(o.dtype),
+            }
+            if reuse:
+                pending = metrics
+            else:
+                with torch.no_grad():
+                    lp_new = torch.log_softmax(actor(o), -1).gather(-1, a.unsqueeze(-1))
+                steps.append(metrics | _audit(lp_new.squeeze(-1), lp_old, ad, clip))
+    if pending is not None:  # the audit of the last step
+        with torch.no_grad():
+            lp_new = torch.log_softmax(actor(o), -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+        steps.append(pending | _audit(lp_new, lp_old, ad, clip))
+    return {k: torch.stack([s[k] for s in steps], -1) for k in steps[0]}
+
+
+def log_update_steps(
+    rec: RunRecord, metrics: dict[str, Tensor], alive: Tensor, extra: dict[str, Tensor]
+) -> Tensor:
+    """Log one update's K optimiser steps (``metrics`` name -> (C, K), with ``finite``) and
+    ``extra`` (C,) values constant over the update; a configuration whose loss or gradient turns
+    non-finite is marked diverged at that step and logged NaN from it on. Returns the new alive
+    (C,)."""
+    finite = metrics.pop("finite").bool()  # (C, K)
+    C, K = finite.shape
+    alive_k = alive.unsqueeze(-1) & finite.cumprod(-1).bool()  # (C, K)
+    start = len(rec.step.get("loss", []))
+    for c in torch.nonzero(alive & ~alive_k[:, -1]).flatten().tolist():
+        first = int((~alive_k[c]).nonzero()[0])
+        rec.mark_diverged(torch.arange(C) == c, start + first, "non-finite loss")
+    cols = {k: v.reshape(C, 1).expand(C, K) for k, v in extra.items()}
+    rec.log_steps("step", metrics | cols, alive_k)
+    return alive_k[:, -1]
+
+
 def train_classic_ppo(
     env: None | object, configs: ClassicPPOConfig | Sequence[ClassicPPOConfig]
 ) -> RunRecord:
     """PPO for each configuration, all C of them as one batched program (module docstring).
-    ``env``: None (each configuration's ``env_id``) or a protocol's ``ClassicTask``."""
+    ``env``: None (each configuration's ``env_id``) or a protocol's ``ClassicTask``.
+
+    ``RunRecord.step``: one column per optimiser step (``ppo_update``'s metrics with lr,
+    clip_coef, iteration). ``iter``: iteration, env_steps, episode_return, explained_variance,
+    env_steps_per_s (rollout), rollout_time, update_time. ``summary``: eval_return, env_steps.
+    """
     configs = [configs] if isinstance(configs, ClassicPPOConfig) else list(configs)
     configs = with_task(env, configs)
     check_batchable(configs, PPO_BATCHABLE)
@@ -189,15 +362,15 @@ def train_classic_ppo(
     D, A = venv.obs_dim, venv.num_actions
     actor = BatchedMLP([D, cfg.hidden, cfg.hidden, A], seeds, 0.01, dt)
     critic = BatchedMLP([D, cfg.hidden, cfg.hidden, 1], [s + 1 for s in seeds], 1.0, dt)
-    params = list(actor.parameters()) + list(critic.parameters())
+    # one (C, P) buffer for both networks: Adam and clipping act on it in a few ops
+    flat = flat_parameters(list(actor.parameters()) + list(critic.parameters()))
     lr0 = torch.tensor([c.lr for c in configs], dtype=dt)
     clip0 = torch.tensor([c.clip_coef for c in configs], dtype=dt)
-    opt = BatchedAdam(params, lr=lr0.clone(), eps=cfg.adam_eps)
+    opt = BatchedAdam([flat], lr=lr0.clone(), eps=cfg.adam_eps)
     num_updates = max(1, cfg.total_timesteps // (E * T))
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool)
     obs = venv.reset(seed=_env_seeds(seeds, E, 0)).reshape(C, E, D)
-    mb = E * T // cfg.num_minibatches
     steps_done = 0
     for u in range(num_updates):
         frac = 1.0 - u / num_updates
@@ -205,122 +378,30 @@ def train_classic_ppo(
         clip = (clip0 * frac if cfg.anneal_clip else clip0).reshape(C, 1, 1)
         for group in opt.param_groups:
             group["lr"] = lr_now
-        gens = [torch.Generator().manual_seed(derive_seed(s, u, 0)) for s in seeds]
-        # 1. rollout
+        # 1-2. rollout and GAE
         t0 = time.perf_counter()
-        b_obs = torch.zeros(T, C, E, D, dtype=dt)
-        b_act = torch.zeros(T, C, E, dtype=torch.long)
-        b_logp, b_rew, b_val = (torch.zeros(T, C, E, dtype=dt) for _ in range(3))
-        b_done = torch.zeros(T, C, E, dtype=torch.bool)
-        ep_returns: list[Tensor] = []
-        with torch.no_grad():
-            for t in range(T):
-                logits = actor(obs)  # (C, E, A)
-                a = _categorical(logits, gens)
-                logp = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
-                b_obs[t], b_act[t], b_logp[t] = obs, a, logp
-                b_val[t] = critic(obs).squeeze(-1)
-                nxt, r, term, trunc = venv.step(a.reshape(-1))
-                r = r.to(dt).reshape(C, E)
-                trunc_ce = trunc.reshape(C, E) & ~term.reshape(C, E)
-                if bool(trunc_ce.any()):  # bootstrap a cut episode with V(final obs)
-                    v_fin = critic(venv.final_obs.to(dt).reshape(C, E, D)).squeeze(-1)
-                    r = r + cfg.gamma * torch.where(trunc_ce, v_fin, 0.0)
-                done = (term | trunc).reshape(C, E)
-                b_rew[t], b_done[t] = r, done
-                if bool(done.any()):
-                    ended = torch.where(done, venv.ended_returns.reshape(C, E).double(), math.nan)
-                    ep_returns.append(ended)
-                obs = nxt.reshape(C, E, D).to(dt)
-            next_val = critic(obs).squeeze(-1)  # (C, E)
+        roll, obs = rollout(
+            actor, critic, venv, obs, iteration_generators(seeds, u, 0), T, cfg.gamma,
+            cfg.gae_lambda,
+        )  # fmt: skip
         t_roll = time.perf_counter() - t0
         steps_done += E * T
-        # 2. GAE (arXiv 1506.02438 eq. 16), time last: (C, E, T)
-        vals = torch.cat([b_val, next_val.unsqueeze(0)]).permute(1, 2, 0)  # (C, E, T + 1)
-        adv, ret = gae(
-            b_rew.permute(1, 2, 0), vals, b_done.permute(1, 2, 0).to(dt), cfg.gamma, cfg.gae_lambda
-        )
-        # (C, E*T) flat per configuration
-        f_obs = b_obs.permute(1, 2, 0, 3).reshape(C, E * T, D)
-        f_act, f_logp, f_val = (
-            x.permute(1, 2, 0).reshape(C, E * T) for x in (b_act, b_logp, b_val)
-        )
-        f_adv, f_ret = adv.reshape(C, E * T), ret.reshape(C, E * T)
-        # 3. epochs x minibatches
+        # 3-4. epochs x minibatches, the audit after each step
         t0 = time.perf_counter()
-        metrics: dict[str, Tensor] = {}
-        for epoch in range(cfg.update_epochs):
-            order = None  # each configuration's own minibatch order, from its own generator
-            if cfg.num_minibatches > 1:
-                pgens = [
-                    torch.Generator().manual_seed(derive_seed(s, u, 100 + epoch)) for s in seeds
-                ]
-                order = torch.stack([torch.randperm(E * T, generator=g) for g in pgens])  # (C, ET)
-            for m in range(cfg.num_minibatches):
-                if order is None:
-                    o, a, lp_old = f_obs, f_act, f_logp
-                    ad, rt, v_old = f_adv, f_ret, f_val
-                else:
-                    idx = order[:, m * mb : (m + 1) * mb]  # (C, mb)
-                    o = f_obs.gather(1, idx.unsqueeze(-1).expand(C, mb, D))
-                    a, lp_old, ad, rt, v_old = (
-                        x.gather(1, idx) for x in (f_act, f_logp, f_adv, f_ret, f_val)
-                    )
-                if cfg.norm_adv:
-                    ad = (ad - ad.mean(-1, keepdim=True)) / (ad.std(-1, keepdim=True) + 1e-8)
-                logits = actor(o)
-                logp_all = torch.log_softmax(logits, -1)
-                lp = logp_all.gather(-1, a.unsqueeze(-1)).squeeze(-1)  # (C, mb)
-                ent = -(logp_all.exp() * logp_all).sum(-1)  # (C, mb)
-                mask = torch.ones_like(lp, dtype=torch.bool).unsqueeze(1)  # (C, 1, mb)
-                per_tok, ratio = clipped_surrogate(
-                    lp.unsqueeze(1), lp_old.unsqueeze(1), ad.unsqueeze(1), mask, clip, clip
-                )
-                pg_loss = per_tok.mean((-2, -1))  # (C,)
-                v = critic(o).squeeze(-1)
-                if cfg.clip_vloss:
-                    v_clip = v_old + (v - v_old).clamp(-clip.reshape(C, 1), clip.reshape(C, 1))
-                    v_loss = 0.5 * torch.maximum((v - rt) ** 2, (v_clip - rt) ** 2).mean(-1)
-                else:
-                    v_loss = 0.5 * ((v - rt) ** 2).mean(-1)
-                loss = pg_loss - cfg.ent_coef * ent.mean(-1) + cfg.vf_coef * v_loss  # (C,)
-                opt.zero_grad()
-                loss.sum().backward()  # configurations are independent: the sum is each its own
-                grad_norm = clip_grad_norm_per_config(params, cfg.max_grad_norm)
-                ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-                newly = alive & ~ok
-                if bool(newly.any()):
-                    rec.mark_diverged(newly, len(rec.step.get("loss", [])), "non-finite loss")
-                    alive &= ok
-                opt.step()
-                with torch.no_grad():  # 4. the minibatch's ratios after the step
-                    lp_new = torch.log_softmax(actor(o), -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
-                    r_new = torch.exp(lp_new - lp_old).unsqueeze(1)
-                    metrics = ratio_metrics(
-                        lp_new.unsqueeze(1), lp_old.unsqueeze(1), r_new, ad.unsqueeze(1), mask,
-                        clip, clip,
-                    )  # fmt: skip
-                metrics.update(
-                    loss=loss.detach(), pg_loss=pg_loss.detach(), v_loss=v_loss.detach(),
-                    entropy=ent.mean(-1).detach(), grad_norm=grad_norm, lr=lr_now,
-                    clip_coef=clip.reshape(C), iteration=torch.full((C,), float(u)),
-                )  # fmt: skip
-                rec.log("step", metrics, alive)
+        order_gens = None
+        if cfg.num_minibatches > 1:
+            order_gens = [iteration_generators(seeds, u, 100 + e) for e in range(cfg.update_epochs)]
+        st = ppo_update(actor, critic, opt, roll, clip, cfg, order_gens)
+        extra = {"lr": lr_now, "clip_coef": clip.reshape(C), "iteration": torch.full((C,), u)}
+        alive = log_update_steps(rec, st, alive, extra)
         t_upd = time.perf_counter() - t0
-        with torch.no_grad():
-            var_y = f_ret.var(-1)
-            expl_var = 1 - (f_ret - f_val).var(-1) / var_y
-        if ep_returns:  # returns of the episodes that ended in this rollout, NaN elsewhere
-            ep = torch.stack(ep_returns).permute(1, 0, 2).reshape(C, -1)  # (C, K * E)
-            ep_mean = torch.nanmean(ep, dim=-1)
-        else:
-            ep_mean = torch.full((C,), math.nan, dtype=torch.float64)
+        expl_var = 1 - (roll.returns - roll.values).var(-1) / roll.returns.var(-1)
         rec.log(
             "iter",
             {
                 "iteration": torch.full((C,), float(u)),
                 "env_steps": torch.full((C,), float(steps_done)),
-                "episode_return": ep_mean,
+                "episode_return": roll.episode_return,
                 "explained_variance": expl_var,
                 "env_steps_per_s": torch.full((C,), C * E * T / max(t_roll, 1e-9)),
                 "rollout_time": torch.full((C,), t_roll),

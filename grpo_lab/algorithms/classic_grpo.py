@@ -42,8 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.classic import (
-    BatchedMLP,
-    _categorical,
     _check_env,
     _env_seeds,
     evaluate,
@@ -68,6 +66,7 @@ from grpo_lab.losses import (
     ratio_metrics,
 )
 from grpo_lab.optim import BatchedAdam
+from grpo_lab.policies.mlp import BatchedMLP, categorical
 
 Tensor = torch.Tensor
 
@@ -185,7 +184,7 @@ def sample_groups(
     b_obs, b_act, b_logp, b_mask = [], [], [], []
     for _ in range(venv.max_episode_steps):
         logits = actor(obs)  # (C, N, A)
-        a = _categorical(logits, gens)  # (C, N)
+        a = categorical(logits, gens)  # (C, N)
         b_obs.append(obs)
         b_act.append(a)
         b_logp.append(torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1))

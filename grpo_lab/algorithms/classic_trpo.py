@@ -37,11 +37,11 @@ Design choices (documented here once):
   * The constraint is KLbar <= delta (the paper's); SB3-contrib tests KLbar < target_kl.
 
 Reused: ``trpo.conjugate_gradient`` (generic in (C, D) rows), ``trpo.flatten`` / ``unflatten``
-and ``trpo._flat_grad``; ``classic.BatchedMLP``, ``_categorical``, ``_check_env``, ``_env_seeds``,
-``evaluate``; ``advantages.gae``; ``optim.BatchedAdam``; ``common.RunRecord``. Written here:
-the Fisher-vector product and line search (``trpo.fisher_vector_product`` reads a tabular
-``policy.log_probs()`` table and ``trpo.py``'s line search is inline in ``train_trpo``, tied to
-the tabular state weights), and the rollout (inline in ``train_classic_ppo``, not a function).
+and ``trpo._flat_grad``; ``policies.mlp.BatchedMLP``; ``classic.rollout`` (steps 1-2, shared
+with PPO), ``_check_env``, ``_env_seeds``, ``evaluate``; ``optim.BatchedAdam``;
+``common.RunRecord``. Written here: the Fisher-vector product and line search
+(``trpo.fisher_vector_product`` reads a tabular ``policy.log_probs()`` table and ``trpo.py``'s
+line search is inline in ``train_trpo``, tied to the tabular state weights).
 
 Batched configurations: ``delta``, ``seed`` and ``vf_lr`` may differ across the C configurations
 of one run (``BATCHABLE``); each configuration draws from its own generators and every reduction
@@ -53,7 +53,6 @@ size, A actions, D flat actor parameters per configuration.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,19 +61,18 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from grpo_lab.advantages import gae
 from grpo_lab.algorithms.classic import (
-    BatchedMLP,
-    _categorical,
     _check_env,
     _env_seeds,
     evaluate,
+    rollout,
     with_task,
 )
 from grpo_lab.algorithms.common import RunRecord, check_batchable, iteration_generators
 from grpo_lab.algorithms.trpo import _flat_grad, conjugate_gradient, flatten, unflatten
-from grpo_lab.envs.classic import ClassicVecEnv, make_classic
-from grpo_lab.optim import BatchedAdam
+from grpo_lab.envs.classic import make_classic
+from grpo_lab.optim import BatchedAdam, flat_parameters
+from grpo_lab.policies.mlp import BatchedMLP
 
 Tensor = torch.Tensor
 
@@ -298,73 +296,6 @@ def natural_step(
     return full, metrics
 
 
-# ----------------------------------------------------------------------------- rollout
-
-
-@dataclass
-class Rollout:
-    """One update's samples, time last per environment then flattened: obs (C, M, Do), actions
-    (C, M) long, values (C, M) V(s_t) at sampling, adv and returns (C, M) from GAE; episode_return
-    (C,) mean return of the episodes that ended in the rollout (NaN if none)."""
-
-    obs: Tensor
-    actions: Tensor
-    values: Tensor
-    adv: Tensor
-    returns: Tensor
-    episode_return: Tensor
-
-
-@torch.no_grad()
-def _rollout(
-    actor: BatchedMLP,
-    critic: BatchedMLP,
-    venv: ClassicVecEnv,
-    obs: Tensor,
-    gens: list[torch.Generator],
-    cfg: ClassicTRPOConfig,
-) -> tuple[Rollout, Tensor]:
-    """Step 1-2: T steps of C x E autoreset envs from ``obs`` (C, E, Do), as ``train_classic_ppo``
-    (truncated episodes bootstrapped with gamma V(final obs)), then GAE. Returns (the rollout,
-    the next observations (C, E, Do))."""
-    C, E, Do = obs.shape
-    T, dt = cfg.n_steps, obs.dtype
-    b_obs = torch.zeros(T, C, E, Do, dtype=dt)
-    b_act = torch.zeros(T, C, E, dtype=torch.long)
-    b_rew, b_val = torch.zeros(T, C, E, dtype=dt), torch.zeros(T, C, E, dtype=dt)
-    b_done = torch.zeros(T, C, E, dtype=torch.bool)
-    ended: list[Tensor] = []
-    for t in range(T):
-        a = _categorical(actor(obs), gens)  # (C, E)
-        b_obs[t], b_act[t] = obs, a
-        b_val[t] = critic(obs).squeeze(-1)
-        nxt, r, term, trunc = venv.step(a.reshape(-1))
-        r = r.to(dt).reshape(C, E)
-        trunc_ce = trunc.reshape(C, E) & ~term.reshape(C, E)
-        if bool(trunc_ce.any()):  # bootstrap a cut episode with V(final obs)
-            v_fin = critic(venv.final_obs.to(dt).reshape(C, E, Do)).squeeze(-1)
-            r = r + cfg.gamma * torch.where(trunc_ce, v_fin, 0.0)
-        done = (term | trunc).reshape(C, E)
-        b_rew[t], b_done[t] = r, done
-        if bool(done.any()):
-            ended.append(torch.where(done, venv.ended_returns.reshape(C, E).double(), math.nan))
-        obs = nxt.reshape(C, E, Do).to(dt)
-    vals = torch.cat([b_val, critic(obs).squeeze(-1).unsqueeze(0)]).permute(1, 2, 0)  # (C,E,T+1)
-    adv, ret = gae(
-        b_rew.permute(1, 2, 0), vals, b_done.permute(1, 2, 0).to(dt), cfg.gamma, cfg.gae_lambda
-    )  # (C, E, T)
-    ep = torch.stack(ended).permute(1, 0, 2).reshape(C, -1) if ended else None
-    roll = Rollout(
-        obs=b_obs.permute(1, 2, 0, 3).reshape(C, E * T, Do),
-        actions=b_act.permute(1, 2, 0).reshape(C, E * T),
-        values=b_val.permute(1, 2, 0).reshape(C, E * T),
-        adv=adv.reshape(C, E * T),
-        returns=ret.reshape(C, E * T),
-        episode_return=torch.nanmean(ep, -1) if ep is not None else torch.full((C,), math.nan),
-    )
-    return roll, obs
-
-
 # ----------------------------------------------------------------------------- critic
 
 
@@ -389,7 +320,7 @@ def _fit_critic(
             idx = order[:, m * mb : (m + 1) * mb]  # (C, mb)
             o = obs.gather(1, idx.unsqueeze(-1).expand(C, mb, Do))
             loss = ((critic(o).squeeze(-1) - returns.gather(1, idx)) ** 2).mean(-1)  # (C,)
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=False)
             loss.sum().backward()  # configurations are independent: the sum is each its own
             opt.step()
             losses += loss.detach() / (M // mb)
@@ -455,7 +386,7 @@ def train_classic_trpo(
     params = list(actor.parameters())
     delta = torch.tensor([c.delta for c in configs], dtype=dt)  # (C,)
     vf_lr = torch.tensor([c.vf_lr for c in configs], dtype=dt)  # (C,)
-    opt = BatchedAdam(critic.parameters(), lr=vf_lr, eps=ADAM_EPS)
+    opt = BatchedAdam([flat_parameters(critic.parameters())], lr=vf_lr, eps=ADAM_EPS)
     num_updates = max(1, cfg.total_timesteps // (E * T))
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool)
@@ -463,7 +394,10 @@ def train_classic_trpo(
     steps_done = 0
     for u in range(num_updates):
         t0 = time.perf_counter()
-        roll, obs = _rollout(actor, critic, venv, obs, iteration_generators(seeds, u, 0), cfg)
+        roll, obs = rollout(
+            actor, critic, venv, obs, iteration_generators(seeds, u, 0), T, cfg.gamma,
+            cfg.gae_lambda,
+        )  # fmt: skip
         t_roll = time.perf_counter() - t0
         steps_done += E * T
         t0 = time.perf_counter()

@@ -114,6 +114,15 @@ class RunRecord:
             v = torch.as_tensor(v).detach().to(torch.float64).cpu().expand(alive.shape)
             target.setdefault(k, []).append(torch.where(alive.cpu(), v, float("nan")))
 
+    def log_steps(self, where: str, metrics: dict[str, Tensor], alive: Tensor) -> None:
+        """Log K columns at once: each metric and ``alive`` (C, K), as K calls of ``log`` would
+        (one conversion per metric instead of one per metric and step)."""
+        target = self.step if where == "step" else self.iter
+        alive = alive.cpu()
+        for k, v in metrics.items():
+            v = torch.where(alive, v.detach().to(torch.float64).cpu(), float("nan"))
+            target.setdefault(k, []).extend(v.unbind(-1))
+
     def stacked(self, where: str) -> dict[str, Tensor]:
         source = self.step if where == "step" else self.iter
         return {k: torch.stack(v, dim=-1) for k, v in source.items()}

@@ -1,0 +1,67 @@
+"""The batched MLP (grpo_lab/policies/mlp.py): its activation and narrow layer against torch's own
+functions and finite differences, C independent networks against a loop, and the sampler's
+frequencies against the softmax."""
+
+import torch
+
+from grpo_lab.policies.mlp import BatchedMLP, categorical, linear, tanh
+
+F64 = torch.float64
+
+
+def test_tanh_equals_torch_tanh_and_its_derivative():
+    x = torch.linspace(-20.0, 20.0, 4001, dtype=F64)
+    torch.testing.assert_close(tanh(x), torch.tanh(x), rtol=0.0, atol=1e-15)
+    x32 = x.float()
+    assert float((tanh(x32).double() - torch.tanh(x)).abs().max()) < 3e-7  # a few ulps of 1
+    xr = torch.randn(5, 7, dtype=F64, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(tanh, (xr.requires_grad_(),))  # finite differences
+
+
+def test_narrow_linear_equals_baddbmm_values_and_gradients():
+    g = torch.Generator().manual_seed(1)
+    for n_out in (1, 2, 3, 64):  # transposed path below 16 outputs, baddbmm above
+        h = torch.randn(3, 9, 5, dtype=F64, generator=g, requires_grad=True)
+        w = torch.randn(3, 5, n_out, dtype=F64, generator=g, requires_grad=True)
+        b = torch.randn(3, 1, n_out, dtype=F64, generator=g, requires_grad=True)
+        torch.testing.assert_close(linear(h, w, b), torch.baddbmm(b, h, w))
+        assert torch.autograd.gradcheck(linear, (h, w, b))
+    # no gradient is computed for an input that does not need one
+    h0 = torch.randn(2, 4, 3, dtype=F64, generator=g)
+    w0 = torch.randn(2, 3, 2, dtype=F64, generator=g, requires_grad=True)
+    b0 = torch.zeros(2, 1, 2, dtype=F64, requires_grad=True)
+    linear(h0, w0, b0).sum().backward()
+    torch.testing.assert_close(w0.grad, h0.mT @ torch.ones(2, 4, 2, dtype=F64))
+
+
+def test_batched_mlp_is_c_independent_mlps():
+    net = BatchedMLP([4, 8, 8, 2], seeds=[0, 1, 2], out_gain=0.01, dtype=F64)
+    x = torch.randn(3, 5, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    net.requires_grad_(False)
+    out = net(x)
+    for c in range(3):
+        h = x[c]
+        for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
+            h = h @ w[c] + b[c]
+            h = torch.tanh(h) if i < 2 else h
+        torch.testing.assert_close(out[c], h)
+    # orthogonal initialisation with the CleanRL gains: W^T W = gain^2 I (in <= out) per config
+    w0 = net.weights[0][1]  # (4, 8): 4 orthonormal rows of norm sqrt(2)
+    torch.testing.assert_close(w0 @ w0.T, 2.0 * torch.eye(4, dtype=F64))
+    assert float(net.weights[-1].abs().max()) < 0.05  # the output layer starts small (gain 0.01)
+    # per-configuration seeds: the same seed, the same weights
+    again = BatchedMLP([4, 8, 8, 2], seeds=[2], out_gain=0.01, dtype=F64)
+    torch.testing.assert_close(again.weights[0][0], net.weights[0][2])
+
+
+def test_categorical_frequencies_match_the_softmax_and_configs_are_independent():
+    logits = torch.tensor([[[0.0, 1.0, -1.0]], [[2.0, 0.0, 0.0]]]).expand(2, 20_000, 3)
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    a = categorical(logits, gens)  # (2, 20000)
+    p = torch.softmax(logits[:, 0], -1)  # (2, 3)
+    freq = torch.stack([torch.bincount(a[c], minlength=3) for c in range(2)]).double() / 20_000
+    # 5 binomial standard errors: sqrt(p (1 - p) / n) <= 0.0036
+    assert float((freq - p.double()).abs().max()) < 5 * 0.0036
+    # configuration 1's draws do not depend on configuration 0's generator
+    again = categorical(logits[1:], [torch.Generator().manual_seed(1)])
+    assert torch.equal(again[0], a[1])

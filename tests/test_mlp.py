@@ -4,7 +4,7 @@ frequencies against the softmax."""
 
 import torch
 
-from grpo_lab.policies.mlp import BatchedMLP, categorical, linear, tanh
+from grpo_lab.policies.mlp import BatchedMLP, categorical, linear, tanh, tanh_
 
 F64 = torch.float64
 
@@ -16,6 +16,10 @@ def test_tanh_equals_torch_tanh_and_its_derivative():
     assert float((tanh(x32).double() - torch.tanh(x)).abs().max()) < 3e-7  # a few ulps of 1
     xr = torch.randn(5, 7, dtype=F64, generator=torch.Generator().manual_seed(0))
     assert torch.autograd.gradcheck(tanh, (xr.requires_grad_(),))  # finite differences
+    # in place on a fresh pre-activation: the same values and gradient
+    assert torch.autograd.gradcheck(lambda v: tanh_(v * 1.0), (xr,))
+    z = xr.detach() * 1.0
+    assert tanh_(z) is z and torch.equal(z, tanh(xr.detach()))
 
 
 def test_narrow_linear_equals_baddbmm_values_and_gradients():

@@ -29,6 +29,29 @@ class _Tanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)
 
 
+class _TanhInplace(torch.autograd.Function):
+    """``_Tanh`` written over its input (a fresh pre-activation that nothing else needs)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def tanh_(x: Tensor) -> Tensor:
+    """``tanh`` in place: x is overwritten with tanh(x) and returned. For pre-activations that
+    no other operation saved for its backward (autograd raises if one did); it saves allocating
+    (and first touching) a fresh buffer per layer, which costs as much as the arithmetic here."""
+    return _TanhInplace.apply(x)
+
+
 def tanh(x: Tensor) -> Tensor:
     """The hidden activation, tanh(x) = 2 sigmoid(2x) - 1 (an identity), with the exact derivative
     1 - tanh(x)^2 in backward.
@@ -109,7 +132,7 @@ class BatchedMLP(torch.nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = linear(x, w, b)
             if i < n - 1:
-                x = tanh(x)
+                x = tanh_(x)  # x is this layer's own fresh output
         return x
 
 

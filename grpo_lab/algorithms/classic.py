@@ -38,7 +38,7 @@ from grpo_lab.algorithms.common import (
     iteration_generators,
 )
 from grpo_lab.algorithms.ppo import clip_grad_norm_per_config
-from grpo_lab.envs.classic import CLASSIC_ENVS, ClassicVecEnv, make_classic
+from grpo_lab.envs.classic import CLASSIC_ENVS, ClassicVecEnv, RunningMeanStd, make_classic
 from grpo_lab.losses import clipped_surrogate, ratio_metrics
 from grpo_lab.optim import BatchedAdam, flat_parameters
 from grpo_lab.policies.mlp import BatchedMLP, categorical
@@ -76,6 +76,7 @@ class ClassicPPOConfig(BaseModel):
 
     env_id: str = "CartPole-v1"
     backend: Literal["torch", "gymnasium"] = "torch"
+    normalize_obs: bool = False  # the Zoo's CartPole-v1: no; Acrobot-v1: yes (``ObsNorm``)
     num_envs: int = Field(8, ge=1)
     num_steps: int = Field(32, ge=1)
     total_timesteps: int = Field(100_000, ge=1)
@@ -112,6 +113,26 @@ def _env_seeds(seeds: Sequence[int], E: int, stream: int) -> list[int]:
     return [derive_seed(s, e, stream) % (2**31) for s in seeds for e in range(E)]
 
 
+class ObsNorm:
+    """Observation normalisation per configuration (SB3's ``VecNormalize(norm_obs=True,
+    norm_reward=False)``, CleanRL's ``NormalizeObservation``): configuration c's running mean and
+    variance come from its own environments' observations only (``envs.classic.RunningMeanStd``
+    with shape (C, D)), and o -> clip((o - mean_c) / sqrt(var_c + 1e-8), -10, 10).
+
+    The statistics are updated with every observation the policy acts on during training, when
+    it acts on it, and applied frozen in evaluation. Shapes: obs (C, M, D) -> (C, M, D).
+    """
+
+    def __init__(self, num_configs: int, obs_dim: int, clip: float = 10.0) -> None:
+        self.rms = RunningMeanStd((num_configs, obs_dim), clip=clip)
+
+    def __call__(self, obs: Tensor, update: bool) -> Tensor:
+        x = obs.transpose(0, 1)  # (M, C, D): M samples of the (C, D) statistics
+        if update:
+            self.rms.update(x)
+        return self.rms.normalize(x).transpose(0, 1)
+
+
 @torch.no_grad()
 def evaluate(
     actor: BatchedMLP,
@@ -120,15 +141,18 @@ def evaluate(
     episodes: int,
     backend: str = "torch",
     dtype: torch.dtype = torch.float32,
+    obs_norm: ObsNorm | None = None,
 ) -> Tensor:
-    """Mean return of ``episodes`` deterministic (argmax) episodes per configuration: (C,)."""
+    """Mean return of ``episodes`` deterministic (argmax) episodes per configuration: (C,).
+    ``obs_norm``: the training run's observation statistics, applied frozen (not updated)."""
     C = len(seeds)
     env = make_classic(env_id, C * episodes, backend=backend, autoreset=False, dtype=dtype)
     obs = env.reset(seed=_env_seeds(seeds, episodes, 5))
     ret = torch.zeros(C * episodes, dtype=torch.float64)
     done = torch.zeros(C * episodes, dtype=torch.bool)
     for _ in range(env.max_episode_steps):
-        a = actor(obs.reshape(C, episodes, -1)).argmax(-1).reshape(-1)
+        o = obs.reshape(C, episodes, -1)
+        a = actor(obs_norm(o, update=False) if obs_norm else o).argmax(-1).reshape(-1)
         obs, r, term, trunc = env.step(a)
         ret += torch.where(done, 0.0, r.double())
         done |= term | trunc
@@ -167,12 +191,14 @@ def rollout(
     num_steps: int,
     gamma: float,
     gae_lambda: float,
+    obs_norm: ObsNorm | None = None,
 ) -> tuple[Rollout, Tensor]:
     """Steps 1-2 of PPO and TRPO: ``num_steps`` steps of the C x E autoreset environments from
     ``obs`` (C, E, D), configuration c's actions drawn from ``gens[c]``; a truncated (not
     terminated) episode's last reward gets + gamma V(final obs) (SB3's bootstrap of a time-limit
-    cut); then GAE(gamma, lambda) (arXiv 1506.02438 eq. 16). Returns (the rollout, the next
-    observations (C, E, D))."""
+    cut); then GAE(gamma, lambda) (arXiv 1506.02438 eq. 16). With ``obs_norm`` the networks see
+    (and the rollout stores) normalised observations, the statistics updated with each step's.
+    Returns (the rollout, the next raw observations (C, E, D))."""
     C, E, D = obs.shape
     T, dt = num_steps, obs.dtype
     b_obs = torch.zeros(T, C, E, D, dtype=dt)
@@ -180,24 +206,30 @@ def rollout(
     b_logp, b_rew, b_val = (torch.zeros(T, C, E, dtype=dt) for _ in range(3))
     b_done = torch.zeros(T, C, E, dtype=torch.bool)
     ended: list[Tensor] = []
+
+    def seen(o: Tensor, update: bool = False) -> Tensor:
+        return obs_norm(o, update) if obs_norm is not None else o
+
     for t in range(T):
-        logits = actor(obs)  # (C, E, A)
+        o = seen(obs, update=True)
+        logits = actor(o)  # (C, E, A)
         a = categorical(logits, gens)  # (C, E)
         b_logp[t] = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
-        b_obs[t], b_act[t] = obs, a
-        b_val[t] = critic(obs).squeeze(-1)
+        b_obs[t], b_act[t] = o, a
+        b_val[t] = critic(o).squeeze(-1)
         nxt, r, term, trunc = venv.step(a.reshape(-1))
         r = r.to(dt).reshape(C, E)
         trunc_ce = trunc.reshape(C, E) & ~term.reshape(C, E)
         if bool(trunc_ce.any()):  # bootstrap a cut episode with V(final obs)
-            v_fin = critic(venv.final_obs.to(dt).reshape(C, E, D)).squeeze(-1)
+            v_fin = critic(seen(venv.final_obs.to(dt).reshape(C, E, D))).squeeze(-1)
             r = r + gamma * torch.where(trunc_ce, v_fin, 0.0)
         done = (term | trunc).reshape(C, E)
         b_rew[t], b_done[t] = r, done
         if bool(done.any()):
             ended.append(torch.where(done, venv.ended_returns.reshape(C, E).double(), math.nan))
         obs = nxt.reshape(C, E, D).to(dt)
-    vals = torch.cat([b_val, critic(obs).squeeze(-1).unsqueeze(0)]).permute(1, 2, 0)  # (C,E,T+1)
+    v_next = critic(seen(obs)).squeeze(-1).unsqueeze(0)  # (1, C, E)
+    vals = torch.cat([b_val, v_next]).permute(1, 2, 0)  # (C, E, T + 1)
     adv, ret = gae(
         b_rew.permute(1, 2, 0), vals, b_done.permute(1, 2, 0).to(dt), gamma, gae_lambda
     )  # (C, E, T)
@@ -371,6 +403,7 @@ def train_classic_ppo(
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool)
     obs = venv.reset(seed=_env_seeds(seeds, E, 0)).reshape(C, E, D)
+    obs_norm = ObsNorm(C, D) if cfg.normalize_obs else None
     steps_done = 0
     for u in range(num_updates):
         frac = 1.0 - u / num_updates
@@ -382,7 +415,7 @@ def train_classic_ppo(
         t0 = time.perf_counter()
         roll, obs = rollout(
             actor, critic, venv, obs, iteration_generators(seeds, u, 0), T, cfg.gamma,
-            cfg.gae_lambda,
+            cfg.gae_lambda, obs_norm,
         )  # fmt: skip
         t_roll = time.perf_counter() - t0
         steps_done += E * T
@@ -410,6 +443,6 @@ def train_classic_ppo(
             alive,
         )
     venv.close()
-    evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend)
+    evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend, dt, obs_norm)
     rec.summary = {"eval_return": evals, "env_steps": torch.full((C,), float(steps_done))}
     return rec

@@ -62,6 +62,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grpo_lab.algorithms.classic import (
+    ObsNorm,
     _check_env,
     _env_seeds,
     evaluate,
@@ -110,6 +111,7 @@ class ClassicTRPOConfig(BaseModel):
 
     env_id: str = "CartPole-v1"
     backend: Literal["torch", "gymnasium"] = "torch"
+    normalize_obs: bool = False  # observation normalisation per configuration (``classic.ObsNorm``)
     n_envs: int = Field(2, ge=1)  # E environments per configuration
     n_steps: int = Field(512, ge=1)  # T steps per environment per update
     total_timesteps: int = Field(100_000, ge=1)
@@ -391,12 +393,13 @@ def train_classic_trpo(
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool)
     obs = venv.reset(seed=_env_seeds(seeds, E, 0)).reshape(C, E, Do)
+    obs_norm = ObsNorm(C, Do) if cfg.normalize_obs else None
     steps_done = 0
     for u in range(num_updates):
         t0 = time.perf_counter()
         roll, obs = rollout(
             actor, critic, venv, obs, iteration_generators(seeds, u, 0), T, cfg.gamma,
-            cfg.gae_lambda,
+            cfg.gae_lambda, obs_norm,
         )  # fmt: skip
         t_roll = time.perf_counter() - t0
         steps_done += E * T
@@ -441,6 +444,6 @@ def train_classic_trpo(
             alive,
         )
     venv.close()
-    evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend)
+    evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend, dt, obs_norm)
     rec.summary = {"eval_return": evals, "env_steps": torch.full((C,), float(steps_done))}
     return rec

@@ -73,7 +73,7 @@ class _NarrowLinear(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, h: Tensor, w: Tensor, b: Tensor
     ) -> Tensor:
         ctx.save_for_backward(h, w)
-        return torch.baddbmm(b.mT, w.mT, h.mT).mT  # (C, N, M) -> (C, M, N)
+        return torch.baddbmm(b.mT, w.mT, h.mT).mT.contiguous()  # (C, N, M) -> (C, M, N), small
 
     @staticmethod
     def backward(

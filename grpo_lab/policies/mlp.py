@@ -49,6 +49,8 @@ def tanh_(x: Tensor) -> Tensor:
     """``tanh`` in place: x is overwritten with tanh(x) and returned. For pre-activations that
     no other operation saved for its backward (autograd raises if one did); it saves allocating
     (and first touching) a fresh buffer per layer, which costs as much as the arithmetic here."""
+    if not (torch.is_grad_enabled() and x.requires_grad):  # no graph: skip the Function
+        return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
     return _TanhInplace.apply(x)
 
 
@@ -97,6 +99,8 @@ def linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
     MKL, C = 16, M = 256, K = 64). The result is the same up to float rounding.
     """
     if w.shape[-1] < NARROW:
+        if not torch.is_grad_enabled():  # no graph: skip the Function
+            return torch.baddbmm(b.mT, w.mT, h.mT).mT.contiguous()
         return _NarrowLinear.apply(h, w, b)
     return torch.baddbmm(b, h, w)
 
@@ -125,11 +129,13 @@ class BatchedMLP(torch.nn.Module):
                 torch.nn.init.orthogonal_(w[c], gain=gain, generator=g)
             self.weights.append(torch.nn.Parameter(w.transpose(1, 2).contiguous().to(dtype)))
             self.biases.append(torch.nn.Parameter(torch.zeros(C, 1, n_out, dtype=dtype)))
+        # the same Parameter objects as a plain list: ParameterList indexing costs ~10 us a call
+        self._layers = list(zip(self.weights, self.biases, strict=True))
 
     def forward(self, x: Tensor) -> Tensor:
         """x (C, M, in) -> (C, M, out): h <- tanh(h W_c + b_c) per hidden layer, linear output."""
-        n = len(self.weights)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        n = len(self._layers)
+        for i, (w, b) in enumerate(self._layers):
             x = linear(x, w, b)
             if i < n - 1:
                 x = tanh_(x)  # x is this layer's own fresh output

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -633,13 +634,121 @@ def _monotone_trend(data: SweepData, params: dict[str, Any]) -> tuple[str, str, 
     return "inconclusive", f"no clear trend: {desc}", evidence
 
 
+COST_COLUMNS = ("rollout_us_per_step", "update_us_per_step", "total_us_per_step")
+_TIMINGS = ("rollout_time", "update_time", "env_steps_per_s")
+
+
+def compute_costs(iterations: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Wall time spent per environment step, per algorithm label and batch, from per-iteration
+    timings (the classic-control trainers log them).
+
+    A batched run times its C configurations together: ``rollout_time`` and ``update_time`` (s)
+    of iteration i are the batch's, and so is ``env_steps_per_s`` (all C configurations' steps
+    in that rollout / its time), so n_i = env_steps_per_s_i x rollout_time_i is the env steps
+    the batch took in iteration i. Over the batch's iterations with finite timings:
+
+        rollout_us_per_step = 1e6 sum_i rollout_time_i / sum_i n_i
+        update_us_per_step  = 1e6 sum_i update_time_i  / sum_i n_i
+        total_us_per_step   = their sum
+
+    microseconds of wall time per env step, amortised over the batch. The runs of one batch
+    share one measurement, so the batch, not the run, is the unit: ``summary``'s ``batch``
+    column (``sweep.run_batch`` stores it) says which runs ran together; without it every run
+    counts as its own batch. Costs compare between algorithms whose batches hold as many
+    configurations, timed on one machine under one load.
+
+    Shapes: ``iterations`` with run_id, iteration, rollout_time, update_time, env_steps_per_s
+    and cfg.label (else all runs are one label, "all") -> one row per (label, batch) with a
+    finite cost: label, batch, runs, *COST_COLUMNS.
+    """
+    need = {"run_id", "iteration", *_TIMINGS}
+    missing = sorted(need - set(iterations.columns))
+    if missing:
+        raise ValueError(
+            f"iterations lacks {missing}: compute costs need per-iteration timings "
+            "(the classic-control trainers log them)"
+        )
+    it = iterations[sorted(need)].astype({c: "float64" for c in _TIMINGS})
+    it["label"] = iterations["cfg.label"] if "cfg.label" in iterations else "all"
+    batch = it["run_id"]
+    if summary is not None and "batch" in summary:
+        batch = it["run_id"].map(summary.set_index("run_id")["batch"]).fillna(it["run_id"])
+    it["batch"] = batch
+    runs = it.groupby(["label", "batch"])["run_id"].nunique().rename("runs")
+    it = it[np.isfinite(it[list(_TIMINGS)]).all(axis=1)]
+    # the batch's timings of iteration i, logged alike by each of its runs still going
+    per = it.groupby(["label", "batch", "iteration"])[list(_TIMINGS)].first()
+    per["batch_steps"] = per["env_steps_per_s"] * per["rollout_time"]
+    sums = per.groupby(level=["label", "batch"])[["rollout_time", "update_time", "batch_steps"]]
+    sums = sums.sum()
+    sums = sums[sums["batch_steps"] > 0]
+    out = pd.DataFrame(
+        {
+            "rollout_us_per_step": 1e6 * sums["rollout_time"] / sums["batch_steps"],
+            "update_us_per_step": 1e6 * sums["update_time"] / sums["batch_steps"],
+        }
+    )
+    out["total_us_per_step"] = out["rollout_us_per_step"] + out["update_us_per_step"]
+    out = out.join(runs).reset_index()
+    return out[["label", "batch", "runs", *COST_COLUMNS]]
+
+
+def _cost_evidence(
+    data: SweepData, better: str, worse: str, reps: int
+) -> tuple[dict[str, Any], str]:
+    """The improvement rule's ``cost`` evidence (``compute_costs``): per label the number of
+    timed batches and each of ``COST_COLUMNS``: its IQM [95% CI] over batches, or the single
+    value when one batch holds all its runs; with >= 2 batches of each of ``better`` and
+    ``worse``, P(``better`` spends less update time per env step than ``worse``) and its CI."""
+    from grpo_lab import stats
+
+    if data.iterations is None or not set(_TIMINGS) <= set(data.iterations.columns):
+        return {"cost": "no per-iteration timings in the sweep"}, ""
+    costs = compute_costs(data.iterations, data.summary)
+    by = {k: g for k, g in costs.groupby("label")}
+    evidence: dict[str, Any] = {}
+    for label, g in by.items():
+        evidence[f"batches_{label}"] = len(g)
+        for col in COST_COLUMNS:
+            v = g[col].to_numpy()
+            evidence[f"{col}_{label}"] = (
+                stats.stratified_bootstrap_ci(v, "iqm", reps=reps, seed=0)
+                if len(v) > 1
+                else float(v[0])
+            )
+    if better not in by or worse not in by:
+        return evidence, ""
+    col = "update_us_per_step"
+    ub, uw = (stats.iqm(by[k][col].to_numpy()) for k in (better, worse))
+    evidence["update_cost_ratio"] = uw / ub  # worse / better: > 1 when better is cheaper
+    desc = (
+        f"; update wall time per env step: {better} {ub:.3g} us, {worse} {uw:.3g} us "
+        f"({uw / ub:.2g}x)"
+    )
+    if min(len(by[better]), len(by[worse])) < 2:
+        return evidence, desc + " (one timed batch each: no interval)"
+    # P(X < Y) = P(-X > -Y): the lower cost is the improvement
+    p, low, high = stats.probability_of_improvement_ci(
+        -by[better][col].to_numpy(), -by[worse][col].to_numpy(), reps=reps, seed=0
+    )
+    evidence.update(p_cheaper_update=p, p_cheaper_update_ci95=[low, high])
+    return evidence, desc + f", P({better} cheaper) = {p:.2f} [95% CI {low:.2f}, {high:.2f}]"
+
+
 @VERDICTS.register("improvement")
 def _improvement(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """A claim that algorithm ``better`` beats ``worse`` (the seed: GRPO vs PPO / TRPO).
 
-    Score = final J / J* per run, by ``cfg.label``; probability of improvement P(X > Y) with a 95%
-    stratified bootstrap CI (arXiv 2108.13264 §4.4): holds when the CI lies above 1/2, violated
-    when below, else inconclusive. IQMs with CIs of every algorithm are in the evidence.
+    Score = final J / J* per run (or ``score``: see ``_final_scores``), by ``cfg.label``;
+    probability of improvement P(X > Y) with a 95% stratified bootstrap CI (arXiv 2108.13264
+    §4.4): holds when the CI lies above 1/2, violated when below, else inconclusive. IQMs with CIs
+    of every algorithm are in the evidence, and the mean env steps each used where the summaries
+    record them (a comparison at equal env steps shows it).
+
+    ``cost = true`` adds compute to the evidence and the summary line, never to the status: per
+    algorithm the rollout, update and total microseconds of wall time per env step
+    (``compute_costs``; the batch is the unit, so an interval needs several batches), and the
+    ratio of update costs ``worse`` / ``better``.
     """
     from grpo_lab import stats
 
@@ -660,9 +769,16 @@ def _improvement(data: SweepData, params: dict[str, Any]) -> tuple[str, str, dic
             if len(v) > 1
             else (v[0],) * 3
         )
+    if "env_steps" in s:
+        for k, g in s.groupby("cfg.label"):
+            evidence[f"env_steps_{k}"] = float(g["env_steps"].mean())
     p, low, high = stats.probability_of_improvement_ci(by[better], by[worse], reps=reps, seed=0)
     evidence.update(p_improvement=p, p_improvement_ci95=[low, high])
     desc = f"P({better} > {worse}) = {p:.2f} [95% CI {low:.2f}, {high:.2f}] on final {s.attrs['score']}"
+    if params.get("cost", False):
+        cost, cost_desc = _cost_evidence(data, better, worse, reps)
+        evidence.update(cost)
+        desc += cost_desc
     if low > 0.5:
         return "holds", desc, evidence
     if high < 0.5:

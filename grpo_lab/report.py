@@ -26,8 +26,17 @@ fatal):
     trpo-bound-slack      slack of TRPO Theorem 1 per optimiser step
     gain-vs-bounds        true gain J(new) - J(old) against the TRPO bound, the surrogate gain
                           and the clipped gain, with y = x
-    algorithm-comparison  when several algorithm labels: final normalised return per condition,
-                          IQM with a stratified-bootstrap interval (``comparison_table``)
+    algorithm-comparison  when several algorithm labels: final normalised return (classic
+                          control: final evaluation return) per condition, IQM with a
+                          stratified-bootstrap interval (``comparison_table``)
+    sample-efficiency     classic control: training episode return against environment steps,
+                          each run interpolated onto a common env-step grid, IQM over seeds with
+                          a 95% stratified-bootstrap band (``sample_efficiency_table``)
+    compute-cost          classic control: rollout and update wall time per environment step
+                          per algorithm, IQM over timed batches (``compute_cost_table``)
+
+A protocol's own figures come first (``PRIMARY``: the classic suite leads with
+sample-efficiency).
 
 Conditions: runs that differ only in ``cfg.seed`` are replicates of one condition; the condition
 axes of a sweep are the configuration columns that vary within an algorithm label (plus the label
@@ -144,6 +153,11 @@ def load_sweep(path: str | Path) -> SweepData:
         except (ValueError, OSError) as e:
             data.notes.append(f"{kind} not loaded: {e}")
             continue
+        if kind == "summary" and df.attrs.get("stale"):
+            data.notes.append(
+                f"{df.attrs['stale']} run(s) on disk are not in the sweep's manifest (an earlier "
+                "grid or config version) and are left out"
+            )
         ok = data.summary is not None and (data.summary["status"] != "error").any()
         if kind != "summary" and not len(df):
             why = "these runs record no steps" if ok else "every complete run failed"
@@ -319,6 +333,8 @@ FIGURE_ORDER = (
     "gain-vs-bounds",
     "algorithm-comparison",
     "gradient-bias",
+    "sample-efficiency",
+    "compute-cost",
 )
 # the figure that is the verdict's evidence comes first (protocol name or verdict rule name)
 PRIMARY = {
@@ -327,6 +343,9 @@ PRIMARY = {
     "ratio-bound": ("exact-ratio", "eps-lr-heatmaps"),
     "trpo-bound": ("trpo-bound-slack", "gain-vs-bounds"),
     "surrogate-bound": ("gain-vs-bounds",),
+    "classic-epsilon-sweep": ("sample-efficiency",),
+    "classic-lr-sweep": ("sample-efficiency",),
+    "classic-compare": ("sample-efficiency", "algorithm-comparison", "compute-cost"),
 }
 
 
@@ -515,8 +534,10 @@ def _draw_curves(
     log: bool = False,
     decorate: Callable[[Axes, pd.DataFrame], None] | None = None,
     extra_labels: tuple[str, ...] = (),
+    centre: str = "mean",
 ) -> Figure:
-    """One panel per panel key, one line (mean) and band per condition, one shared legend."""
+    """One panel per panel key, one line (the table's ``centre`` column: mean or iqm) and band
+    per condition, one shared legend."""
     colours = _colours(c.frame.drop_duplicates("run_id"), c.colour)
     names = list(colours)
     panel_groups = _groups(c.frame, c.panels)
@@ -535,7 +556,7 @@ def _draw_curves(
                 continue
             xs = t[x].to_numpy(dtype=np.float64)
             marker = "." if len(xs) < 30 else None
-            ax.plot(xs, t["mean"], color=colours[name], lw=1.6, label=name, marker=marker)
+            ax.plot(xs, t[centre], color=colours[name], lw=1.6, label=name, marker=marker)
             low, high = t["low"].to_numpy(np.float64), t["high"].to_numpy(np.float64)
             if np.isfinite(low).any():
                 ax.fill_between(xs, low, high, color=colours[name], alpha=0.2, lw=0)
@@ -946,14 +967,20 @@ def final_scores(summary: pd.DataFrame) -> tuple[pd.Series, str]:
 
 
 def comparison_scores(data: SweepData) -> tuple[dict[str, np.ndarray], str]:
-    """Final score of every run (``final_scores``) per condition (label, then any other axes),
-    finite scores only, conditions in sorted order; and what the score is."""
+    """Final score of every run (``final_scores``; classic control: ``eval_return``) per
+    condition (label, then any other axes), finite scores only, conditions in sorted order; and
+    what the score is."""
     s = data.summary
     if s is None or LABEL not in s or s[LABEL].nunique() < 2:
         raise SkipFigure("fewer than two algorithm labels")
-    if "j_final" not in s or "j_star" not in s:
-        raise SkipFigure("no j_final / j_star in the summaries")
-    score, what = final_scores(s)
+    exact = "j_final" in s and "j_star" in s and s["j_final"].notna().any()
+    if exact:
+        score, what = final_scores(s)
+    elif "eval_return" in s:  # classic control: no exact return, a deterministic evaluation
+        score = pd.to_numeric(s["eval_return"], errors="coerce").astype("float64")
+        what = "final evaluation return (deterministic policy, mean over its episodes)"
+    else:
+        raise SkipFigure("no j_final / j_star (or eval_return) in the summaries")
     axes = [a for a in data.axes if a in s]
     if LABEL not in axes:
         axes = [LABEL, *axes]
@@ -1076,6 +1103,221 @@ def gradient_bias(data: SweepData) -> Plot:
         "the least-squares multiple of grad J (a constant factor only rescales the learning rate)."
     )
     return Plot("gradient-bias", "Gradient bias", caption, _png(fig), {"gradient_experiments": t})
+
+
+GRID_POINTS = 60  # points of the common env-step grid of a sample-efficiency curve
+
+
+def curve_on_grid(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """One run's curve y(x), read at the points of ``grid`` by linear interpolation between its
+    logged points, NaN outside [x_first, x_last] (no extrapolation):
+
+        y(g) = y_i + (g - x_i) (y_{i+1} - y_i) / (x_{i+1} - x_i)   for x_i <= g <= x_{i+1}
+
+    Points with a non-finite x or y (an iteration in which no episode ended) are dropped first;
+    with none left the result is all NaN.
+
+    Shapes: x, y (I,) with the finite x strictly increasing, grid (X,) -> (X,).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    g = np.asarray(grid, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be 1-D of one length, got shapes {x.shape} and {y.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out = np.full(g.shape, np.nan)
+    if not len(x):
+        return out
+    if (np.diff(x) <= 0).any():
+        raise ValueError(f"x must be strictly increasing where y is finite, got {x.tolist()}")
+    inside = (g >= x[0]) & (g <= x[-1])
+    out[inside] = np.interp(g[inside], x, y)
+    return out
+
+
+def _env_step_curves(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Per run its finite (x, y) points sorted by x, duplicates of x averaged: (run_id, x, y)."""
+    f = frame[["run_id", x, y]].astype({x: "float64", y: "float64"})
+    f = f[np.isfinite(f[x]) & np.isfinite(f[y])]
+    return f.groupby(["run_id", x], as_index=False)[y].mean().sort_values(["run_id", x])
+
+
+def iqm_grid_curves(data: SweepData, frame: pd.DataFrame, x: str, y: str) -> Curves:
+    """Per condition, the IQM over seeds of ``y`` on a common grid of ``x`` with its pointwise
+    95% stratified-bootstrap band (``stats.iqm_curve_ci``, percentile, CI_REPS resamples, seed
+    CI_SEED).
+
+    Runs log at different x (GRPO's iterations take a random number of env steps), so each run is
+    first read on one grid per panel (``curve_on_grid``): GRID_POINTS points evenly spaced from
+    the smallest first x to the largest last x of the panel's runs. A condition's curve is drawn
+    where every one of its runs has a value (between its runs' largest first x and smallest last
+    x), so each point is the IQM of all its runs. ``frame``: rows (run_id, x, y, cfg.*).
+    """
+    pts = _env_step_curves(frame, x, y)
+    if not len(pts):
+        raise SkipFigure(f"no run has a finite {y} at a finite {x}")
+    runs = frame.drop_duplicates("run_id")
+    runs = runs[runs["run_id"].isin(pts["run_id"])]
+    colour, panels = _layout(runs, [a for a in data.axes if a in frame])
+    rows, notes = [], []
+    for pkey, pruns in _groups(runs, panels):
+        panel = _name(panels, pkey) if panels else ""
+        ppts = pts[pts["run_id"].isin(pruns["run_id"])]
+        grid = np.linspace(ppts[x].min(), ppts[x].max(), GRID_POINTS)
+        for ckey, cruns in _groups(pruns, colour):
+            name = _name(colour, ckey)
+            cpts = ppts[ppts["run_id"].isin(cruns["run_id"])].groupby("run_id")
+            curves = np.stack(  # (R, X)
+                [curve_on_grid(r[x].to_numpy(), r[y].to_numpy(), grid) for _, r in cpts]
+            )
+            common = np.isfinite(curves).all(axis=0)  # (X,) where every run has a value
+            if not common.any():
+                notes.append(f"{name}{' (' + panel + ')' if panel else ''}: its runs' env-step "
+                             "ranges do not overlap; no curve")  # fmt: skip
+                continue
+            c = curves[:, common]
+            if len(c) > 1:
+                iqm, low, high = stats.iqm_curve_ci(
+                    c, reps=CI_REPS, confidence=CONFIDENCE, seed=CI_SEED
+                )
+            else:
+                iqm, low, high = c[0], np.full(c.shape[1], np.nan), np.full(c.shape[1], np.nan)
+            for i, xv in enumerate(grid[common]):
+                rows.append(
+                    {"panel": panel, "condition": name, x: float(xv), "iqm": float(iqm[i]),
+                     "low": float(low[i]), "high": float(high[i]), "runs": len(c)}
+                )  # fmt: skip
+    if not rows:
+        raise SkipFigure(f"no condition has runs whose {x} ranges overlap")
+    return Curves(pd.DataFrame(rows), runs, colour, panels, notes)
+
+
+def _returns_by_env_step(data: SweepData) -> pd.DataFrame:
+    it = data.iterations
+    if it is None or not {"env_steps", "episode_return"} <= set(it.columns):
+        raise SkipFigure("no iteration rows with env_steps and episode_return (classic control)")
+    return it
+
+
+def sample_efficiency_table(data: SweepData) -> pd.DataFrame:
+    """The numbers of the sample-efficiency figure: per panel and condition, at each point of the
+    common env-step grid, the IQM over seeds of the training episode return with its 95%
+    stratified-bootstrap band (low, high) and the number of runs (``iqm_grid_curves``)."""
+    return iqm_grid_curves(data, _returns_by_env_step(data), "env_steps", "episode_return").table
+
+
+@FIGURES.register("sample-efficiency")
+def sample_efficiency(data: SweepData) -> Plot:
+    it = _returns_by_env_step(data)
+    curves = iqm_grid_curves(data, it, "env_steps", "episode_return")
+    fig = _draw_curves(
+        curves,
+        "env_steps",
+        title="Sample efficiency: training episode return against environment steps, IQM over seeds",
+        xlabel="environment steps",
+        ylabel="episode return (training rollouts)",
+        centre="iqm",
+    )
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    for ax in fig.axes:  # env steps as 10k, 20k, ...: full numbers overlap
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    caption = (
+        "Mean return of the episodes that ended in each rollout (PPO, TRPO: those ending inside "
+        "its fixed window of steps; GRPO: every episode of the iteration, none for an iteration cut "
+        "by the budget), at the environment steps spent by the end of that rollout. Each run is "
+        f"interpolated linearly onto a common grid of {GRID_POINTS} env-step points (no "
+        "extrapolation); a condition's curve spans the steps every one of its runs covers. Line: "
+        f"interquartile mean over {_seeds_note(data)} (arXiv 2108.13264). Band: pointwise "
+        f"{CONFIDENCE:.0%} percentile stratified bootstrap of the IQM ({CI_REPS} resamples, seed "
+        f"{CI_SEED})."
+    )
+    return Plot(
+        "sample-efficiency",
+        "Sample efficiency",
+        " ".join([caption, *curves.notes]),
+        _png(fig),
+        {"curve": curves.table},
+    )
+
+
+COST_PARTS = (("rollout_us_per_step", "rollout"), ("update_us_per_step", "update"))
+
+
+def compute_cost_table(data: SweepData) -> pd.DataFrame:
+    """The numbers of the compute-cost figure: per algorithm label and cost
+    (``protocols.compute_costs``: rollout, update and total microseconds of wall time per env
+    step, amortised over the batch), the IQM over timed batches with its 95% stratified-bootstrap
+    interval (COMPARE_REPS resamples, seed CI_SEED; NaN with one batch), the batches and runs.
+
+    Per label, not per condition: the runs of one batch share their timings, and a batch holds
+    every condition that differs only in batchable fields (lr, eps, seed)."""
+    from grpo_lab.protocols import COST_COLUMNS, compute_costs
+
+    it = data.iterations
+    need = {"rollout_time", "update_time", "env_steps_per_s"}
+    if it is None or not need <= set(it.columns):
+        raise SkipFigure("no per-iteration rollout_time, update_time and env_steps_per_s")
+    costs = compute_costs(it, data.summary)
+    if not len(costs):
+        raise SkipFigure("no run has finite timings")
+    rows = []
+    for label, g in costs.groupby("label", sort=True):
+        for col in COST_COLUMNS:
+            v = g[col].to_numpy(np.float64)
+            point, low, high = (
+                stats.stratified_bootstrap_ci(
+                    v, "iqm", reps=COMPARE_REPS, confidence=CONFIDENCE, seed=CI_SEED
+                )
+                if len(v) > 1
+                else (float(v[0]), math.nan, math.nan)
+            )
+            rows.append({"algorithm": label, "cost": col, "iqm": point, "low": low, "high": high,
+                         "batches": len(v), "runs": int(g["runs"].sum())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@FIGURES.register("compute-cost")
+def compute_cost(data: SweepData) -> Plot:
+    t = compute_cost_table(data)
+    names = list(dict.fromkeys(t["algorithm"]))
+    longest = max(len(n) for n in names)
+    fig, axs = _figure(
+        len(COST_PARTS), "Compute per environment step: rollout and update wall time",
+        width=4.6, height=max(2.0, 0.45 * len(names) + 1.0), left=0.3 + 0.075 * longest,
+        panel_title_lines=1, sharey=True,
+    )  # fmt: skip
+    colours = _palette(names, False)
+    for ax, (col, what) in zip(axs, COST_PARTS, strict=True):
+        for i, n in enumerate(names):
+            row = t[(t["algorithm"] == n) & (t["cost"] == col)].iloc[0]
+            p, lo, hi = float(row["iqm"]), float(row["low"]), float(row["high"])
+            ax.barh(i, p, color=colours[n], alpha=0.8)
+            if math.isfinite(lo):
+                ax.errorbar(p, i, xerr=[[p - lo], [hi - p]], fmt="none", color="k", capsize=4)
+        ax.set_xlabel("microseconds of wall time per env step")
+        ax.set_title(f"{what} (IQM over batches)", fontsize="medium")
+        ax.grid(True, axis="x", alpha=0.3)
+    axs[0].set_yticks(range(len(names)), names)
+    axs[0].invert_yaxis()
+    single = [n for n in names if int(t.loc[t["algorithm"] == n, "batches"].iloc[0]) < 2]
+    caption = (
+        "Wall time of the rollouts (acting in the environments) and of the updates (from the "
+        "batch to the new policy: PPO's epochs with a critic, GRPO's epochs without one, TRPO's "
+        "conjugate gradient, line search and critic fit) per environment step, summed over the "
+        "iterations of a batched program and divided by all its env steps "
+        "(grpo_lab.protocols.compute_costs). The runs of one batch share one timing, so the "
+        f"batch is the unit: IQM over batches with a {CONFIDENCE:.0%} stratified-bootstrap "
+        "interval where there are several"
+        + (f" (one batch, no interval: {', '.join(single)})" if single else "")
+        + ". The rollout cost falls with the number of environments stepped at once (a "
+        "setting, not the algorithm); the update cost is the algorithm's. Timings depend on the "
+        "machine, its load and torch's threads: compare within one sweep."
+    )
+    return Plot(
+        "compute-cost", "Compute cost per environment step", caption, _png(fig), {"cost": t}
+    )
 
 
 def build_figures(data: SweepData, protocol: str = "") -> tuple[list[Plot], list[str]]:
@@ -1224,6 +1466,7 @@ TABLE_TITLES = {
     "violation_frac": "fraction of steps outside the clip range (rows eps_low, columns lr)",
     "below_diagonal": "optimiser steps where the true gain fell below the predicted gain",
     "aggregate": "final score per condition: IQM and mean with 95% bootstrap CI",
+    "cost": "microseconds of wall time per env step: IQM over batches (95% CI if several)",
 }
 
 

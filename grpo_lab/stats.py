@@ -462,6 +462,64 @@ def performance_profile_ci(
     )
 
 
+def _curve_iqm_kernel(tasks: Sequence[np.ndarray], gamma: float) -> np.ndarray:
+    """IQM of each point's runs: X arrays (..., R) -> (X, ...)."""
+    return np.stack([np.asarray(sps.trim_mean(t, 0.25, axis=-1)) for t in tasks])
+
+
+def iqm_curve(curves: np.ndarray) -> np.ndarray:
+    """Interquartile mean over runs at each point of a curve (arXiv 2108.13264 §4.3, Fig. 9: the
+    sample-efficiency curves of rliable).
+
+    With the R runs' values at point x sorted, y_(1) <= ... <= y_(R), and g = floor(R / 4):
+        IQM(x) = 1 / (R - 2g) * sum_{i = g+1}^{R-g} y_(i)
+    i.e. ``iqm`` (floor trimming, as rliable) of each column on its own.
+
+    Shapes: curves (R, X), R runs on a common grid of X points -> (X,).
+    """
+    c = _as_curves(curves)
+    return np.asarray(_curve_iqm_kernel(_columns(c), 1.0), dtype=np.float64)
+
+
+def iqm_curve_ci(
+    curves: np.ndarray,
+    *,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+    method: str = "percentile",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``iqm_curve`` with a pointwise bootstrap band: at each point x, the interval of
+    ``stratified_bootstrap_ci(curves[:, x], "iqm")`` (runs resampled with replacement, R per
+    resample; percentile interval by default, rliable's).
+
+    Each point is one stratum resampled on its own, so the interval at x is exactly that of its
+    column alone (rliable resamples whole runs; the pointwise intervals have the same distribution,
+    since the IQM at x reads column x only). The band is pointwise, not simultaneous: the whole
+    curve lies inside it with probability below ``confidence``. Where every run has one value the
+    interval is that value.
+
+    Shapes: curves (R, X), R >= 2 -> (point, low, high), each (X,).
+    """
+    c = _as_curves(curves)
+    _check_runs("curves", c)
+    m = _check_bootstrap_args(reps, confidence, seed, method)
+    point, low, high = _bootstrap(
+        _columns(c), _curve_iqm_kernel, 1.0, reps=reps, confidence=confidence, seed=seed, method=m
+    )
+    return point, low, high
+
+
+def _as_curves(curves: object) -> np.ndarray:
+    """Validate curves shaped (R, X) (finite numbers) and return them as float64."""
+    if np.ndim(curves) != 2:
+        raise ValueError(
+            f"curves must be shaped (runs, points), got shape {np.shape(curves)}; one run's "
+            "curve is (1, points)"
+        )
+    return _as_scores("curves", curves)
+
+
 def aggregate_with_ci(
     score_dict: Mapping[str, np.ndarray],
     statistics: Sequence[str] = ("iqm", "mean", "median", "optimality_gap"),

@@ -611,7 +611,10 @@ def load_results(path: str | os.PathLike[str], kind: str = "steps") -> pd.DataFr
     (status "error") have a summary row but no step or iteration rows.
 
     Incomplete run directories (no summary.json) are skipped: ``df.attrs["skipped"]`` counts them
-    and ``df.attrs["skipped_runs"]`` lists them as "<sweep>/<run_id>". Raises ValueError naming
+    and ``df.attrs["skipped_runs"]`` lists them as "<sweep>/<run_id>". Where a sweep has a
+    manifest, only the runs it lists are read: runs of an earlier grid or of an earlier version
+    of a config class (their ids differ) stay on disk but out of the tables, counted in
+    ``df.attrs["stale"]`` and listed in ``df.attrs["stale_runs"]``. Raises ValueError naming
     ``path`` if it does not exist or holds no complete run.
     """
     if kind not in KINDS:
@@ -623,8 +626,13 @@ def load_results(path: str | os.PathLike[str], kind: str = "steps") -> pd.DataFr
     summaries: list[dict[str, Any]] = []
     configs: list[dict[str, Any]] = []
     skipped: list[str] = []
+    stale: list[str] = []
     for sw in _sweeps(base):
+        listed = _manifest_runs(sw)
         for rd in _run_dirs(sw):
+            if listed is not None and rd.name not in listed:
+                stale.append(f"{sw.name}/{rd.name}")
+                continue
             if not (rd / SUMMARY).is_file():
                 skipped.append(f"{sw.name}/{rd.name}")
                 continue
@@ -678,4 +686,15 @@ def load_results(path: str | os.PathLike[str], kind: str = "steps") -> pd.DataFr
         df = df.sort_values(["sweep", "run_id", index], kind="stable", ignore_index=True)
     df.attrs["skipped"] = len(skipped)
     df.attrs["skipped_runs"] = skipped
+    df.attrs["stale"] = len(stale)
+    df.attrs["stale_runs"] = stale
     return df
+
+
+def _manifest_runs(sweep: Path) -> set[str] | None:
+    """The run ids a sweep's manifest lists, or None without a manifest (or a run list)."""
+    path = sweep / MANIFEST
+    if not path.is_file():
+        return None
+    runs = _read_json(path).get("runs")
+    return None if runs is None else {str(r["run_id"]) for r in runs}

@@ -7,6 +7,9 @@
     resume   = runs whose summary.json exists are skipped: a sweep killed at any point and
                restarted completes every run exactly once, with the same numbers (a run's numbers
                depend on its own config and seed only, not on its batch-mates)
+    summary  = each run's summary.json also names its ``batch`` (the batch's first run id) and
+               ``batch_size``: the runs of one batch share their timings (wall_time is the
+               batch's time / batch_size)
     failure  = a diverging configuration is recorded by the trainer ("diverged", with its step);
                a batch that raises is retried one run at a time, and a run that still raises is
                stored with status "error" and its message; the sweep goes on
@@ -105,9 +108,13 @@ def run_batch(root: str, sweep: str, batch: list[tuple[str, RunSpec]]) -> list[t
         store.write_failed_run(root, sweep, rid, stored_config(spec), msg)
         return [(rid, "error")]
     wall = (time.perf_counter() - t0) / len(batch)
+    # which runs shared one batched program (their timings are one measurement): its first run
+    together = {"batch": batch[0][0], "batch_size": len(batch)}
     out = []
     for i, (rid, spec) in enumerate(batch):
-        store.write_run(root, sweep, rid, stored_config(spec), record, i, wall_time=wall)
+        store.write_run(
+            root, sweep, rid, stored_config(spec), record, i, wall_time=wall, extra_summary=together
+        )
         out.append((rid, record.status[i]))
     return out
 

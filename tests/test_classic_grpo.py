@@ -2,6 +2,7 @@
 their start state (replayed in a fresh env), batched == one configuration at a time, the on-policy
 loss and its gradient against a hand computation, learning CartPole-v1, and bad input."""
 
+import math
 import statistics
 
 import pytest
@@ -164,3 +165,88 @@ def test_bad_input_is_rejected_with_the_field_named():
         ClassicGRPOConfig(minibatches=3)
     with pytest.raises(ValueError, match="differ in"):
         train_classic_grpo(None, [ClassicGRPOConfig(), ClassicGRPOConfig(group_size=4)])
+
+
+TINY = {"num_groups": 2, "group_size": 2, "eval_episodes": 1}
+
+
+def test_env_step_budget_stops_where_a_hand_count_of_env_steps_says():
+    """Truth: a hand count. Run iterations 0-2 with an iteration budget and record the env steps
+    S_k; the rollout of iteration 3 (from the same policy and seeds: the same episodes) has n_t
+    episodes running at step t. With B inside iteration 3, the budget run must do iterations 0-2
+    as before, then stop iteration 3 after the first step t* with S_2 + sum_{t <= t*} n_t >= B:
+    env steps = that sum, the iteration cut (no update) and the final policy the one after 3
+    updates. With B = S_3 exactly, iteration 3 ends as the budget does: it updates, no cut."""
+    tr = ClassicGRPOTrainer(ClassicGRPOConfig(**TINY, seed=4))  # the default: an iteration budget
+    S = []
+    for k in range(3):
+        tr.update(k)
+        S.append(float(tr.env_steps[0]))
+    live = tr.rollout(3).mask[0].sum(0).double()  # (T,) n_t of iteration 3
+    cum = S[-1] + torch.cumsum(live, 0)  # env steps by the end of each step of iteration 3
+    B = int(S[-1] + live.sum() // 2)
+    t_star = int((cum >= B).nonzero()[0])
+    assert live[t_star + 1] > 0  # some episode still runs after t*: a real cut
+    expected = float(cum[t_star])
+    assert B <= expected <= B + 2 * 2 - 1  # at most N - 1 steps past the budget
+
+    rec = train_classic_grpo(None, ClassicGRPOConfig(**TINY, seed=4, total_timesteps=B))
+    it = rec.stacked("iter")
+    torch.testing.assert_close(
+        it["env_steps"][0], torch.tensor([*S, expected], dtype=torch.float64)
+    )
+    assert it["cut"][0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert it["update_time"][0, -1] == 0 and math.isnan(it["episode_return"][0, -1])
+    assert float(rec.summary["env_steps"][0]) == expected
+    assert float(rec.summary["iterations"][0]) == 4
+    assert rec.stacked("step")["loss"].shape == (1, 3 * 4 * 2)  # 3 updates x epochs x minibatches
+    after3 = train_classic_grpo(None, ClassicGRPOConfig(**TINY, seed=4, iterations=3))
+    assert float(rec.summary["eval_return"][0]) == float(after3.summary["eval_return"][0])
+
+    exact = train_classic_grpo(
+        None, ClassicGRPOConfig(**TINY, seed=4, total_timesteps=int(cum[-1]))
+    )
+    assert exact.stacked("iter")["cut"][0].tolist() == [0.0] * 4
+    assert float(exact.summary["env_steps"][0]) == float(cum[-1])
+    assert exact.stacked("step")["loss"].shape == (1, 4 * 4 * 2)
+
+
+def test_a_batch_with_an_env_step_budget_equals_its_configurations_run_alone():
+    """Configurations whose budgets run out at different iterations: the one done first takes
+    no more steps and keeps its parameters while the other goes on updating (NaN rows after its
+    end), so each equals its run alone. The seeds and budget are picked so that seed 0 is spent
+    after 4 iterations while seed 1 updates until its 7th."""
+    cfgs = [ClassicGRPOConfig(**TINY, total_timesteps=520, seed=s, lr=3e-3) for s in (0, 1)]
+    both = train_classic_grpo(None, cfgs)
+    n = both.summary["iterations"].long().tolist()
+    it, st = both.stacked("iter"), both.stacked("step")
+    # optimiser steps made by seed 1 while seed 0 was spent: the frozen path was exercised
+    assert n[0] < n[1] and bool((st["loss"][0].isnan() & st["loss"][1].isfinite()).any())
+    for c, cfg in enumerate(cfgs):
+        alone = train_classic_grpo(None, cfg)
+        a_it = alone.stacked("iter")
+        assert a_it["env_steps"].shape[1] == n[c]
+        for k in ("env_steps", "episode_return", "cut", "zero_std_frac"):
+            torch.testing.assert_close(it[k][c, : n[c]], a_it[k][0], equal_nan=True)
+            assert it[k][c, n[c] :].isnan().all()
+        k_steps = alone.stacked("step")["loss"].shape[1]
+        torch.testing.assert_close(st["loss"][c, :k_steps], alone.stacked("step")["loss"][0])
+        assert st["loss"][c, k_steps:].isnan().all()
+        for key in ("eval_return", "env_steps", "iterations"):
+            assert float(both.summary[key][c]) == float(alone.summary[key][0])
+        assert 520 <= float(alone.summary["env_steps"][0]) <= 520 + 3
+    assert both.status == ["ok", "ok"]
+
+
+def test_budget_is_iterations_or_total_timesteps_never_both():
+    assert ClassicGRPOConfig().num_iterations() == 30  # neither: DEFAULT_ITERATIONS
+    assert ClassicGRPOConfig(iterations=7).num_iterations() == 7
+    assert ClassicGRPOConfig(total_timesteps=5000).num_iterations() is None  # stops on steps
+    with pytest.raises(ValidationError, match="set one budget, not both: iterations=3"):
+        ClassicGRPOConfig(iterations=3, total_timesteps=1000)
+    with pytest.raises(ValidationError, match="total_timesteps\n.*greater than or equal to 1"):
+        ClassicGRPOConfig(total_timesteps=0)
+    with pytest.raises(ValidationError, match="iterations\n.*greater than or equal to 1"):
+        ClassicGRPOConfig(iterations=0)
+    with pytest.raises(ValueError, match="differ in \\['total_timesteps'\\]"):
+        train_classic_grpo(None, [ClassicGRPOConfig(), ClassicGRPOConfig(total_timesteps=9)])

@@ -11,6 +11,7 @@ from grpo_lab.protocols import (
     ProtocolError,
     SweepData,
     _upper_rate_bound,
+    compute_costs,
     expand,
     find_protocols,
     load_protocol,
@@ -357,3 +358,81 @@ def test_final_score_rules_use_eval_accuracy_for_language_models():
     assert rule(data, {**params, "better": "dr_grpo", "worse": "grpo"})[0] == "violated"
     with pytest.raises(ValueError, match="unknown score 'loss'"):
         rule(data, {**params, "score": "loss"})
+
+
+def _timed_iterations(batches):
+    """Iteration rows of runs timed in batches: {batch: (label, runs, [(rollout_s, update_s,
+    batch_steps), ...])}; every run of a batch logs the batch's timings (env_steps_per_s =
+    batch_steps / rollout_s), the last run of a batch stops one iteration early (NaN, as a
+    classic GRPO run whose budget ran out first)."""
+    its, summ = [], []
+    for batch, (label, runs, timings) in batches.items():
+        for r in range(runs):
+            rid = f"{batch}-{r}"
+            summ.append({"run_id": rid, "batch": batch, "cfg.label": label, "status": "ok"})
+            for i, (roll, upd, n) in enumerate(timings):
+                done = r == runs - 1 and i == len(timings) - 1 and runs > 1
+                its.append({"run_id": rid, "iteration": i, "cfg.label": label,
+                            "rollout_time": math.nan if done else roll,
+                            "update_time": math.nan if done else upd,
+                            "env_steps_per_s": math.nan if done else n / roll})  # fmt: skip
+    return pd.DataFrame(its), pd.DataFrame(summ)
+
+
+def test_compute_costs_hand_worked_with_the_batch_as_unit():
+    # batch "a" (2 runs): rollouts 0.1 s and 0.2 s for 100 and 300 steps, updates 0.3 s and 0.1 s:
+    #   rollout 1e6 * 0.3 / 400 = 750 us per step, update 1e6 * 0.4 / 400 = 1000, total 1750
+    # batch "b" (1 run): 0.05 s rollout, 0.05 s update, 100 steps: 500, 500, 1000
+    its, summ = _timed_iterations(
+        {
+            "a": ("grpo", 2, [(0.1, 0.3, 100), (0.2, 0.1, 300)]),
+            "b": ("trpo", 1, [(0.05, 0.05, 100)]),
+        }
+    )
+    costs = compute_costs(its, summ).set_index("batch")
+    assert costs.loc["a", "runs"] == 2 and costs.loc["a", "label"] == "grpo"
+    assert costs.loc["a", "rollout_us_per_step"] == pytest.approx(750)
+    assert costs.loc["a", "update_us_per_step"] == pytest.approx(1000)
+    assert costs.loc["a", "total_us_per_step"] == pytest.approx(1750)
+    assert list(costs.loc["b", ["rollout_us_per_step", "total_us_per_step"]]) == pytest.approx(
+        [500, 1000]
+    )
+    # without the batch ids each run is its own measurement; a-1 lost its last iteration
+    alone = compute_costs(its).set_index("batch")
+    assert len(alone) == 3
+    assert alone.loc["a-1", "update_us_per_step"] == pytest.approx(1e6 * 0.3 / 100)
+    with pytest.raises(ValueError, match=r"iterations lacks \['update_time'\]"):
+        compute_costs(its.drop(columns="update_time"))
+
+
+def test_improvement_rule_cost_evidence_never_changes_the_status():
+    rule = VERDICTS.get("improvement")
+    hi, lo = [400.0, 450.0, 500.0, 480.0], [100.0, 120.0, 90.0, 110.0]
+    rows = [{"run_id": f"{k}-{i}", "cfg.label": k, "status": "ok", "eval_return": v,
+             "env_steps": 2048.0} for k, vals in (("grpo", hi), ("trpo", lo))
+            for i, v in enumerate(vals)]  # fmt: skip
+    # one batch per label: 1e6 * 0.01 / 1000 = 10 us (grpo), 1e6 * 0.04 / 1000 = 40 us (trpo)
+    its, _ = _timed_iterations(
+        {"g": ("grpo", 1, [(0.02, 0.01, 1000)]), "t": ("trpo", 1, [(0.02, 0.04, 1000)])}
+    )
+    its["run_id"] = its["cfg.label"] + "-0"  # those runs: the first of each label
+    summ = pd.DataFrame(rows)
+    params = {"better": "grpo", "worse": "trpo", "score": "eval_return", "reps": 300}
+    plain = rule(SweepData(pd.DataFrame(), its, summ), params)
+    status, desc, ev = rule(SweepData(pd.DataFrame(), its, summ), {**params, "cost": True})
+    assert status == plain[0] == "holds" and "wall time" not in plain[1] and "wall time" in desc
+    assert ev["env_steps_grpo"] == ev["env_steps_trpo"] == 2048
+    assert ev["batches_grpo"] == 1 and ev["update_us_per_step_grpo"] == pytest.approx(10)
+    assert ev["update_cost_ratio"] == pytest.approx(4.0)
+    assert "grpo 10 us, trpo 40 us (4x) (one timed batch each: no interval)" in desc
+    assert "p_cheaper_update" not in ev
+    # three batches per label, grpo always cheaper: P(grpo cheaper) = 1 with its interval
+    its3, summ3 = _timed_iterations(
+        {f"{k}{b}": (k, 1, [(0.02, u * (1 + 0.1 * b), 1000)])
+         for k, u in (("grpo", 0.01), ("trpo", 0.04)) for b in range(3)}
+    )  # fmt: skip
+    summ3 = summ3.assign(eval_return=[400.0, 450.0, 500.0, 100.0, 120.0, 90.0], env_steps=2048.0)
+    status, desc, ev = rule(SweepData(pd.DataFrame(), its3, summ3), {**params, "cost": True})
+    assert status == "holds" and ev["batches_trpo"] == 3
+    assert ev["p_cheaper_update"] == 1.0 and ev["p_cheaper_update_ci95"] == [1.0, 1.0]
+    assert "P(grpo cheaper) = 1.00" in desc

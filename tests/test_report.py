@@ -237,3 +237,105 @@ def test_figures_false_writes_both_reports_without_drawing(results, tmp_path):
     bad.write_text("{not json")  # a corrupt verdict is an error naming its file
     with pytest.raises(ValueError, match=re.escape(str(bad))):
         report.write_report(out, figures=False)
+
+
+# ----------------------------------------------------------------------------- classic control
+
+CLASSIC = """
+name = "classic-compare"
+claim = "a claim"
+[env]
+name = "CartPole-v1"
+[[algorithms]]
+name = "classic-grpo"
+label = "grpo"
+config = { num_groups = 2, group_size = 2, epochs = 1 }
+[[algorithms]]
+name = "classic-ppo"
+label = "ppo"
+config = { num_envs = 2, num_steps = 32, update_epochs = 2 }
+[grid]
+seed = [0, 1, 2, 3]
+[budget.quick]
+total_timesteps = 320
+eval_episodes = 1
+[verdict]
+rule = "improvement"
+params = { better = "grpo", worse = "ppo", score = "eval_return", reps = 200, cost = true }
+"""
+
+
+@pytest.fixture(scope="module")
+def classic(tmp_path_factory):
+    """A tiny stored classic-control sweep (GRPO and PPO on CartPole, 4 seeds, 320 env steps)
+    named like the shipped protocol, so it gets that protocol's figure order."""
+    base = tmp_path_factory.mktemp("classic")
+    path = base / "classic.toml"
+    path.write_text(CLASSIC)
+    run_protocol(load_protocol(path), base / "out", progress=False)
+    return base / "out" / "classic-compare-quick"
+
+
+def test_curve_on_grid_hand_worked():
+    # logged (100, 1), (200, 3), (300, NaN: no episode ended), (400, 7); read at
+    # 50 (before the first point: NaN), 100 -> 1, 150 -> 2, 250 -> 3 + 50 * (7 - 3) / 200 = 4,
+    # 400 -> 7, 450 (after the last point: NaN)
+    got = report.curve_on_grid(
+        [100.0, 200.0, 300.0, 400.0], [1.0, 3.0, np.nan, 7.0], [50, 100, 150, 250, 400, 450]
+    )
+    np.testing.assert_allclose(got, [np.nan, 1.0, 2.0, 4.0, 7.0, np.nan])
+    assert np.isnan(report.curve_on_grid([1.0, 2.0], [np.nan, np.nan], [1.0, 1.5])).all()
+    with pytest.raises(ValueError, match="x must be strictly increasing"):
+        report.curve_on_grid([1.0, 1.0], [0.0, 1.0], [1.0])
+    with pytest.raises(ValueError, match="x and y must be 1-D of one length"):
+        report.curve_on_grid([1.0, 2.0], [0.0], [1.0])
+
+
+def test_sample_efficiency_is_the_iqm_of_runs_read_on_a_common_env_step_grid(classic):
+    """Truth: the curve recomputed here with numpy alone: each run's (env_steps,
+    episode_return) points with a finite return, np.interp on the grid inside the run's own range,
+    and the IQM of 4 runs = the mean of the middle two values."""
+    data = report.load_sweep(classic)
+    table = report.sample_efficiency_table(data)
+    assert set(table["condition"]) == {"grpo", "ppo"} and (table["runs"] == 4).all()
+    its = store.load_results(classic, "iterations")
+    its = its[np.isfinite(its["episode_return"])]
+    grid = np.linspace(its["env_steps"].min(), its["env_steps"].max(), report.GRID_POINTS)
+    for label, t in table.groupby("condition"):
+        curves = []
+        for _, r in its[its["cfg.label"] == label].groupby("run_id"):
+            x, y = r["env_steps"].to_numpy(), r["episode_return"].to_numpy()
+            curves.append(np.where((grid >= x[0]) & (grid <= x[-1]), np.interp(grid, x, y), np.nan))
+        curves = np.sort(np.array(curves), axis=0)  # (4, X), sorted per point
+        common = np.isfinite(curves).all(axis=0)
+        np.testing.assert_allclose(t["env_steps"], grid[common])
+        np.testing.assert_allclose(t["iqm"], curves[1:3, common].mean(axis=0))
+        assert (t["low"] <= t["iqm"] + 1e-9).all() and (t["iqm"] <= t["high"] + 1e-9).all()
+    # GRPO's runs stop at different env steps: its curve spans what all four cover
+    g = its[its["cfg.label"] == "grpo"].groupby("run_id")["env_steps"]
+    grpo = table[table["condition"] == "grpo"]
+    assert grpo["env_steps"].min() >= g.min().max() and grpo["env_steps"].max() <= g.max().min()
+
+
+def test_classic_sweeps_get_sample_efficiency_first_and_compute_cost(classic):
+    assert report.figure_order("classic-compare")[:3] == [
+        "sample-efficiency",
+        "algorithm-comparison",
+        "compute-cost",
+    ]
+    assert report.figure_order("classic-lr-sweep")[0] == "sample-efficiency"
+    plots, skipped = report.build_figures(report.load_sweep(classic), "classic-compare")
+    assert [p.name for p in plots] == ["sample-efficiency", "algorithm-comparison", "compute-cost"]
+    assert all(p.png.startswith(PNG_SIGNATURE) for p in plots)
+    assert "learning-curves: no iteration rows with exact J and gap" in skipped
+    # the comparison scores the final evaluation return; the costs are per algorithm and batch
+    summary = store.load_results(classic, "summary")
+    agg = plots[1].tables["aggregate"]
+    for label, g in summary.groupby("cfg.label"):
+        got = agg[(agg["condition"] == label) & (agg["statistic"] == "iqm")]["point"].item()
+        assert got == pytest.approx(stats.iqm(g["eval_return"].to_numpy()))
+    cost = plots[2].tables["cost"]
+    assert set(cost["algorithm"]) == {"grpo", "ppo"}
+    assert (cost["batches"] == 1).all() and (cost["runs"] == 4).all()
+    assert cost["low"].isna().all()  # one timed batch per algorithm: no interval
+    assert summary["batch"].nunique() == 2 and (summary["batch_size"] == 4).all()

@@ -416,6 +416,20 @@ def test_manifest_round_trip_and_statuses_from_disk(tmp_path, batch):
     assert not any(p.name.endswith(".tmp") for p in tmp_path.rglob("*"))
 
 
+def test_load_results_reads_only_the_runs_the_manifest_lists(tmp_path, batch):
+    # a run left by an earlier grid (or config version) stays on disk but out of the tables
+    configs, rec = batch
+    ids = [store.run_id(c) for c in configs]
+    for i, (rid, c) in enumerate(zip(ids, configs, strict=True)):
+        store.write_run(tmp_path, "sw", rid, c, rec, i)
+    assert set(store.load_results(tmp_path / "sw", "summary")["run_id"]) == set(ids)  # no manifest
+    store.write_manifest(tmp_path, "sw", runs=ids[1:])
+    for kind in ("summary", "steps"):
+        df = store.load_results(tmp_path / "sw", kind)
+        assert set(df["run_id"]) == {ids[1]}
+        assert df.attrs["stale"] == 1 and df.attrs["stale_runs"] == [f"sw/{ids[0]}"]
+
+
 def test_read_manifest_of_a_missing_sweep_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         store.read_manifest(tmp_path, "nope")

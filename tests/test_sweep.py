@@ -247,3 +247,28 @@ params = { better = "ppo", worse = "trpo", score = "eval_return", reps = 200 }
 
     with pytest.raises(ValueError, match="configs\\[0\\].env_id = 'CartPole-v1' but the task is"):
         train_classic_ppo(make("Acrobot-v1"), [ClassicPPOConfig()])
+
+
+@pytest.mark.slow
+def test_classic_compare_runs_on_one_env_step_budget(tmp_path):
+    """The shipped classic-compare protocol on its quick budget (about 10 s on 2 cores): one
+    budget key, total_timesteps, for GRPO, TRPO and PPO; PPO (8 x 32) and TRPO (2 x 512) spend
+    whole rollouts, 2048 // 256 and 2048 // 1024 of them, exactly 2048 steps; GRPO stops within
+    N - 1 = 31 steps past it. The verdict reports the steps and the compute of each algorithm."""
+    from grpo_lab.protocols import PROTOCOL_DIR, expand
+    from grpo_lab.report import load_sweep, sample_efficiency_table
+
+    protocol = load_protocol(PROTOCOL_DIR / "classic-compare.toml")
+    assert protocol.suite == "classic"
+    assert {r.config.total_timesteps for r in expand(protocol, "full")} == {50_000}
+    r = run_protocol(protocol, tmp_path / "out", budget="quick", progress=False)
+    assert r.ran == 15 and r.verdict.status in ("holds", "violated", "inconclusive")
+    summ = store.load_results(r.sweep_path, "summary").set_index("cfg.label")
+    assert (summ.loc[["ppo", "trpo"], "env_steps"] == 2048).all()
+    assert summ.loc["grpo", "env_steps"].between(2048, 2048 + 31).all()
+    ev = r.verdict.evidence
+    for label in ("grpo", "trpo", "ppo"):
+        assert ev[f"batches_{label}"] == 1 and ev[f"update_us_per_step_{label}"] > 0
+    assert "evaluation return" in r.verdict.summary and "update wall time" in r.verdict.summary
+    curves = sample_efficiency_table(load_sweep(r.sweep_path))
+    assert set(curves["condition"]) == {"grpo", "trpo", "ppo"}

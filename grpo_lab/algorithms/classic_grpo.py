@@ -22,7 +22,25 @@ GRPO (DeepSeekMath, arXiv 2402.03300 §4.1-4.2), one iteration, top to bottom:
   5. Instrumentation: after every optimiser step the minibatch's ratio audit against pi_old
      (ratio max/min, clip fractions by side, approx KL), entropy and loss; per iteration the mean
      episode return and length, the fraction of groups with zero return variance (no signal) and
-     env steps per second. Summary: the deterministic ``eval_return`` and ``env_steps``.
+     env steps per second. Summary: the deterministic ``eval_return``, ``env_steps`` and
+     ``iterations`` (the iterations this configuration ran, the cut one included).
+
+Budget: ``iterations`` (I updates), or ``total_timesteps`` (B environment steps, the budget key of
+``classic-ppo`` and ``classic-trpo``), never both; neither means ``DEFAULT_ITERATIONS``. GRPO's
+episodes have random lengths, so B cannot be turned into a number of iterations in advance. The rule
+for B, per configuration with S_k the env steps used by the end of iteration k (S_{-1} = 0):
+  - iteration k runs while S_{k-1} < B; its rollout stops after the first step at which the
+    configuration's steps reach B (``sample_groups``' ``budget``), so S_k <= B + N - 1
+    (N = num_groups x G environments step at once; within one step every live one moves);
+  - if every episode of iteration k ended by then, it updates as usual; otherwise it is *cut*: the
+    steps of the unfinished episodes are spent (they count in S_k) but carry no outcome reward, so
+    no update is made on the partial batch (updating on the groups that did end would favour the
+    short episodes: a biased sample); the run ends at the first k with S_k >= B.
+So GRPO spends B to B + N - 1 steps, PPO and TRPO (whole rollouts of E x T steps)
+max(1, B // (E T)) E T <= B; the steps GRPO spends on a cut iteration are its price for needing
+whole episodes. In a batch, a configuration whose budget is spent takes no more steps (its
+environments start every later iteration ended), no update (its parameters are restored after
+each optimiser step of the others) and logs NaN, so its numbers are those of it run alone.
 
 Batched configurations: ``lr``, ``seed``, ``loss.eps_low`` and ``loss.eps_high`` may differ across
 the C configurations of one run (``BATCHABLE``), everything else must agree. Each configuration
@@ -73,6 +91,7 @@ Tensor = torch.Tensor
 # fields that may differ across the C configurations of one batched run
 BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high")
 ADAM_EPS = 1e-5
+DEFAULT_ITERATIONS = 30  # the budget when neither iterations nor total_timesteps is set
 
 
 class ClassicGRPOConfig(BaseModel):
@@ -85,7 +104,9 @@ class ClassicGRPOConfig(BaseModel):
     loss: LossSpec = Field(default_factory=lambda: PRESETS.get("grpo"))
     group_size: int = 8  # G episodes per start state (>= 2)
     num_groups: int = Field(8, ge=1)  # start states (reset seeds) per batch
-    iterations: int = Field(30, ge=1)
+    # the budget, one of the two (module docstring "Budget"); neither: DEFAULT_ITERATIONS
+    iterations: int | None = Field(None, ge=1)
+    total_timesteps: int | None = Field(None, ge=1)
     epochs: int = Field(4, ge=1)  # K passes over each batch
     minibatches: int = Field(2, ge=1)  # optimiser steps per pass, over groups
     lr: float = Field(1e-3, gt=0.0)  # Adam, eps 1e-5
@@ -108,6 +129,12 @@ class ClassicGRPOConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> ClassicGRPOConfig:
         _check_env(self.env_id)
+        if self.iterations is not None and self.total_timesteps is not None:
+            raise ValueError(
+                f"set one budget, not both: iterations={self.iterations} (updates) or "
+                f"total_timesteps={self.total_timesteps} (environment steps); neither means "
+                f"iterations={DEFAULT_ITERATIONS}"
+            )
         if self.loss.advantage != "group":
             raise ValueError(
                 f"loss.advantage must be 'group' (GRPO has no critic), got "
@@ -128,6 +155,13 @@ class ClassicGRPOConfig(BaseModel):
             )
         return self
 
+    def num_iterations(self) -> int | None:
+        """The iterations to run: ``iterations``, else None when ``total_timesteps`` sets the
+        budget (the run then stops on env steps), else ``DEFAULT_ITERATIONS``."""
+        if self.iterations is not None:
+            return self.iterations
+        return None if self.total_timesteps is not None else DEFAULT_ITERATIONS
+
     def episode_limit(self) -> int:
         """The env's time limit (max_episode_steps; the same for both backends)."""
         return CLASSIC_ENVS.get(self.env_id).MAX_EPISODE_STEPS
@@ -146,8 +180,9 @@ class GroupBatch:
     (group k holds episodes k G .. k G + G - 1; T = the longest episode of the whole batch).
 
     obs (C, N, T, D); actions (C, N, T) long; logp (C, N, T) log pi_old(a_t|s_t); mask (C, N, T)
-    bool, the steps taken before the episode ended; returns (C, N) float64 undiscounted;
-    truncated (C, N) bool, ended by the time limit.
+    bool, the steps taken before the episode ended (or the budget ran out); returns (C, N) float64
+    undiscounted (meaningless for an episode cut by the budget); truncated (C, N) bool, ended by the
+    time limit; cut (C,) bool, the configuration's budget ran out while some episode was running.
     """
 
     obs: Tensor
@@ -156,6 +191,7 @@ class GroupBatch:
     mask: Tensor
     returns: Tensor
     truncated: Tensor
+    cut: Tensor
 
     @property
     def lengths(self) -> Tensor:
@@ -172,14 +208,27 @@ def group_seeds(seed: int, iteration: int, num_groups: int, group_size: int) -> 
 
 @torch.no_grad()
 def sample_groups(
-    actor: BatchedMLP, venv: ClassicVecEnv, reset_seeds: Sequence[int], gens: list[torch.Generator]
+    actor: BatchedMLP,
+    venv: ClassicVecEnv,
+    reset_seeds: Sequence[int],
+    gens: list[torch.Generator],
+    budget: Tensor | None = None,
 ) -> GroupBatch:
     """Reset ``venv`` (C x N envs, autoreset off) with ``reset_seeds`` and run the policy until
-    every episode has ended; configuration c samples its actions from ``gens[c]``."""
+    every episode has ended; configuration c samples its actions from ``gens[c]``.
+
+    ``budget`` (C,): the env steps configuration c may still take (None: no limit). With n_t(c)
+    the episodes of c still running at step t, c stops after the first step t* with
+    sum_{t <= t*} n_t(c) >= budget[c] (so it takes at most budget[c] + N - 1 steps); if some
+    episode was still running then, ``cut[c]`` is True. A budget <= 0 takes no step at all.
+    """
     C = len(gens)
     N, D = venv.num_envs // C, venv.obs_dim
     obs = venv.reset(seed=list(reset_seeds)).reshape(C, N, D)
-    done = torch.zeros(C, N, dtype=torch.bool)
+    no_budget = budget is None
+    left = torch.full((C,), float("inf")) if no_budget else budget.double().reshape(C).clone()
+    done = (left <= 0).unsqueeze(-1).expand(C, N).clone()  # (C, N)
+    cut = torch.zeros(C, dtype=torch.bool)
     trunc = torch.zeros(C * N, dtype=torch.bool)
     b_obs, b_act, b_logp, b_mask = [], [], [], []
     for _ in range(venv.max_episode_steps):
@@ -189,9 +238,14 @@ def sample_groups(
         b_act.append(a)
         b_logp.append(torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1))
         b_mask.append(~done)
+        left -= (~done).sum(-1)
         nxt, _, term, trunc = venv.step(a.reshape(-1))
         obs = nxt.reshape(C, N, D)
         done = done | (term | trunc).reshape(C, N)
+        if not no_budget:
+            spent = (left <= 0) & ~done.all(-1)  # (C,) the budget ran out mid-episode
+            cut |= spent
+            done |= spent.unsqueeze(-1)
         if bool(done.all()):
             break
     return GroupBatch(
@@ -201,6 +255,7 @@ def sample_groups(
         mask=torch.stack(b_mask, 2),
         returns=venv.episode_returns.reshape(C, N).double(),
         truncated=trunc.reshape(C, N),
+        cut=cut,
     )
 
 
@@ -303,82 +358,138 @@ class ClassicGRPOTrainer:
         self.rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
         self.alive = torch.ones(C, dtype=torch.bool)
         self.env_steps = torch.zeros(C, dtype=torch.float64)
+        # the env-step budget B per configuration (inf: the budget is iterations)
+        b = float(cfg.total_timesteps) if cfg.total_timesteps is not None else float("inf")
+        self.budget = torch.full((C,), b, dtype=torch.float64)
+        self.active = torch.ones(C, dtype=torch.bool)  # budget not yet spent
+        self.iterations_done = torch.zeros(C, dtype=torch.float64)
         self.step = 0
 
+    @property
+    def finished(self) -> bool:
+        """Every configuration has spent its env-step budget (never, with an iteration budget)."""
+        return not bool(self.active.any())
+
     def rollout(self, it: int) -> GroupBatch:
-        """Step 1-2: the groups of iteration ``it`` sampled with the current policy."""
+        """Step 1-2: the groups of iteration ``it`` sampled with the current policy; with an
+        env-step budget, each configuration stops where its budget runs out (``sample_groups``)."""
         cfg = self.cfg
         seeds = [s for c in self.seeds for s in group_seeds(c, it, cfg.num_groups, cfg.group_size)]
         gens = iteration_generators(self.seeds, it, stream=0)
-        return sample_groups(self.actor, self.venv, seeds, gens)
+        left = None
+        if cfg.total_timesteps is not None:
+            left = torch.where(self.active, self.budget - self.env_steps, 0.0)  # (C,)
+        return sample_groups(self.actor, self.venv, seeds, gens, left)
 
     def update(self, it: int) -> None:
-        """One GRPO iteration: sample, advantages, epochs x minibatches of optimiser steps."""
+        """One GRPO iteration: sample, advantages, epochs x minibatches of optimiser steps (for
+        the configurations whose rollout was not cut by the budget, module docstring)."""
         cfg, C, G = self.cfg, self.C, self.cfg.group_size
+        active = self.active.clone()
         t0 = time.perf_counter()
         batch = self.rollout(it)
         t_roll = time.perf_counter() - t0
+        updating = active & ~batch.cut  # (C,)
         adv = outcome_advantages(batch.returns, G, self.loss)  # (C, N)
         ref_logp = _logp(self.ref, batch.obs, batch.actions) if self.ref is not None else None
         t0 = time.perf_counter()
         n_mb = cfg.num_groups // cfg.minibatches
         perm_gens = iteration_generators(self.seeds, it, stream=2)
-        for _epoch in range(cfg.epochs):
+        for _epoch in range(cfg.epochs if bool(updating.any()) else 0):
             perm = group_permutations(perm_gens, cfg.num_groups)  # (C, num_groups)
             for m in range(cfg.minibatches):
                 grp = perm[:, m * n_mb : (m + 1) * n_mb]  # (C, n_mb)
                 idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n_mb G)
-                self._step(it, batch, adv, ref_logp, idx)
-        self._log_iteration(it, batch, adv, t_roll, time.perf_counter() - t0)
+                self._step(it, batch, adv, ref_logp, idx, updating)
+        self._log_iteration(it, batch, adv, t_roll, time.perf_counter() - t0, active)
+        self.iterations_done += active.double()
+        self.active &= self.env_steps < self.budget
 
     def _step(
-        self, it: int, batch: GroupBatch, adv: Tensor, ref_logp: Tensor | None, idx: Tensor
+        self,
+        it: int,
+        batch: GroupBatch,
+        adv: Tensor,
+        ref_logp: Tensor | None,
+        idx: Tensor,
+        updating: Tensor,
     ) -> None:
-        """One optimiser step on the episodes ``idx`` (C, b), then its ratio audit."""
+        """One optimiser step on the episodes ``idx`` (C, b), then its ratio audit. The
+        configurations not ``updating`` (C,) keep their parameters and log NaN."""
         obs, act = _rows(batch.obs, idx), _rows(batch.actions, idx)  # (C, b, T, D), (C, b, T)
         old, mask, a = _rows(batch.logp, idx), _rows(batch.mask, idx), _rows(adv, idx)
         ref = None if ref_logp is None else _rows(ref_logp, idx)
         el, eh, lc = self.eps_low, self.eps_high, self.loss
+        frozen = None if bool(updating.all()) else ~updating  # (C,)
+        kept = None if frozen is None else [p.detach().clone() for p in self.params]
+        if frozen is not None:  # a spent configuration took no step: give its (ignored) loss
+            first = torch.zeros_like(mask)  # the first step of each episode, so it is defined
+            first[..., 0] = True
+            mask = mask | (frozen.reshape(-1, 1, 1) & first)
         loss, metrics = classic_grpo_loss(self.actor, obs, act, old, a, mask, lc, el, eh, ref)
         self.opt.zero_grad()
         loss.sum().backward()  # configurations are independent: the sum is each its own
+        if frozen is not None:  # no gradient, no update for them (parameters restored below)
+            for p in self.params:
+                p.grad[frozen] = 0.0
         grad_norm = clip_grad_norm_per_config(self.params, self.cfg.max_grad_norm)
         ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-        newly = self.alive & ~ok
+        newly = self.alive & updating & ~ok
         if bool(newly.any()):
             self.rec.mark_diverged(newly, self.step, "non-finite loss or gradient")
-            self.alive &= ok
+            self.alive &= ~newly
         self.opt.step()
+        if kept is not None:
+            with torch.no_grad():
+                for p, k in zip(self.params, kept, strict=True):
+                    p[frozen] = k[frozen]
         lp_new = _logp(self.actor, obs, act)  # the minibatch's ratios after the step
         a_tok = a.unsqueeze(-1).expand_as(lp_new)
         _, r_new = clipped_surrogate(lp_new, old, a_tok, mask, el, eh, lc.dual_clip, lc.ratio_level)
         metrics.update(ratio_metrics(lp_new, old, r_new, a_tok, mask, el, eh, lc.dual_clip))
         metrics.update(grad_norm=grad_norm, lr=self.lr, iteration=torch.full((self.C,), float(it)))
-        self.rec.log("step", metrics, self.alive)
+        self.rec.log("step", metrics, self.alive & updating)
         self.step += 1
 
     def _log_iteration(
-        self, it: int, batch: GroupBatch, adv: Tensor, t_roll: float, t_upd: float
+        self,
+        it: int,
+        batch: GroupBatch,
+        adv: Tensor,
+        t_roll: float,
+        t_upd: float,
+        active: Tensor,
     ) -> None:
+        """Per-iteration metrics of the configurations ``active`` (C,) at its start; on a cut
+        iteration the per-episode ones are NaN (the episodes that ended before the budget ran out
+        are the short ones: a biased sample) and update_time is 0 for lack of an update."""
         C, G = self.C, self.cfg.group_size
         lengths = batch.lengths.double()  # (C, N)
         self.env_steps += lengths.sum(-1)
         grp = batch.returns.reshape(C, -1, G)  # (C, num_groups, G)
+        live = self.alive & active
         self.rec.log(
             "iter",
             {
                 "iteration": torch.full((C,), float(it)),
+                "env_steps": self.env_steps.clone(),
+                "env_steps_per_s": torch.full((C,), float(lengths.sum()) / max(t_roll, 1e-9)),
+                "rollout_time": torch.full((C,), t_roll),
+                "update_time": torch.where(batch.cut, 0.0, torch.full((C,), t_upd)),
+                "cut": batch.cut.double(),
+            },
+            live,
+        )
+        self.rec.log(
+            "iter",
+            {
                 "episode_return": batch.returns.mean(-1),
                 "episode_length": lengths.mean(-1),
                 "zero_std_frac": (grp == grp[..., :1]).all(-1).double().mean(-1),
                 "truncated_frac": batch.truncated.double().mean(-1),
                 "adv_abs_mean": adv.abs().mean(-1),
-                "env_steps": self.env_steps.clone(),
-                "env_steps_per_s": torch.full((C,), float(lengths.sum()) / max(t_roll, 1e-9)),
-                "rollout_time": torch.full((C,), t_roll),
-                "update_time": torch.full((C,), t_upd),
             },
-            self.alive,
+            live & ~batch.cut,
         )
 
     def finish(self) -> RunRecord:
@@ -386,7 +497,11 @@ class ClassicGRPOTrainer:
         self.venv.close()
         cfg = self.cfg
         evals = evaluate(self.actor, cfg.env_id, self.seeds, cfg.eval_episodes, cfg.backend)
-        self.rec.summary = {"eval_return": evals, "env_steps": self.env_steps.clone()}
+        self.rec.summary = {
+            "eval_return": evals,
+            "env_steps": self.env_steps.clone(),
+            "iterations": self.iterations_done.clone(),
+        }
         return self.rec
 
 
@@ -395,10 +510,15 @@ def train_classic_grpo(
 ) -> RunRecord:
     """GRPO for each configuration, all C of them as one batched program (module docstring).
     ``env`` is unused (the configs name the task; the sweep passes its environment spec).
-    Returns a ``RunRecord``: per-step and per-iteration metrics (C, ...), a status per
-    configuration and ``summary`` eval_return, env_steps (C,)."""
+    The budget: ``iterations``, or ``total_timesteps`` env steps (module docstring "Budget").
+    Returns a ``RunRecord``: per-step and per-iteration metrics (C, ...; NaN where a
+    configuration's budget was spent before the batch's), a status per configuration and
+    ``summary`` eval_return, env_steps, iterations (C,)."""
     configs = [configs] if isinstance(configs, ClassicGRPOConfig) else list(configs)
     trainer = ClassicGRPOTrainer(with_task(env, configs))
-    for it in range(trainer.cfg.iterations):
+    n_iterations = trainer.cfg.num_iterations()
+    it = 0
+    while (it < n_iterations) if n_iterations is not None else not trainer.finished:
         trainer.update(it)
+        it += 1
     return trainer.finish()

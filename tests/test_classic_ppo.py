@@ -36,7 +36,7 @@ def test_a_batch_equals_its_configurations_run_alone():
 @pytest.mark.slow
 def test_ppo_learns_cartpole():
     """RL Zoo hyperparameters, 16k steps (64 updates): the deterministic policy balances far
-    longer than the initial one (about 10 steps) in both seeds (measured: 194 and 183)."""
+    longer than the initial one (about 10 steps) in both seeds (measured: 354 and 358)."""
     cfgs = [ClassicPPOConfig(total_timesteps=16_384, seed=s, eval_episodes=10) for s in (0, 1)]
     rec = train_classic_ppo(None, cfgs)
     assert (rec.summary["eval_return"] > 120).all(), rec.summary["eval_return"]

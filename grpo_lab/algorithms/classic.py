@@ -41,7 +41,7 @@ from grpo_lab.algorithms.ppo import clip_grad_norm_per_config
 from grpo_lab.envs.classic import CLASSIC_ENVS, ClassicVecEnv, RunningMeanStd, make_classic
 from grpo_lab.losses import clipped_surrogate, ratio_metrics
 from grpo_lab.optim import BatchedAdam, flat_parameters
-from grpo_lab.policies.mlp import BatchedMLP, categorical
+from grpo_lab.policies.mlp import BatchedMLP, categorical_from_uniform
 
 Tensor = torch.Tensor
 
@@ -206,6 +206,8 @@ def rollout(
     b_logp, b_rew, b_val = (torch.zeros(T, C, E, dtype=dt) for _ in range(3))
     b_done = torch.zeros(T, C, E, dtype=torch.bool)
     ended: list[Tensor] = []
+    # configuration c's uniforms for all T steps from its own generator, drawn at once
+    u_all = torch.stack([torch.rand(T, E, generator=g, dtype=dt) for g in gens], 1)  # (T, C, E)
 
     def seen(o: Tensor, update: bool = False) -> Tensor:
         return obs_norm(o, update) if obs_norm is not None else o
@@ -213,7 +215,7 @@ def rollout(
     for t in range(T):
         o = seen(obs, update=True)
         logits = actor(o)  # (C, E, A)
-        a = categorical(logits, gens)  # (C, E)
+        a = categorical_from_uniform(logits, u_all[t])  # (C, E)
         b_logp[t] = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
         b_obs[t], b_act[t] = o, a
         b_val[t] = critic(o).squeeze(-1)
@@ -291,6 +293,11 @@ def ppo_update(
     C, M, D = batch.obs.shape
     mb = M // cfg.num_minibatches
     reuse = cfg.num_minibatches == 1
+    adv_all = batch.adv
+    if cfg.norm_adv and reuse:
+        adv_all = (adv_all - adv_all.mean(-1, keepdim=True)) / (
+            adv_all.std(-1, keepdim=True) + 1e-8
+        )
     steps: list[dict[str, Tensor]] = []
     pending: dict[str, Tensor] | None = None  # a step whose audit is the next forward
     for epoch in range(cfg.update_epochs):
@@ -302,7 +309,7 @@ def ppo_update(
         for m in range(cfg.num_minibatches):
             if order is None:
                 o, a, lp_old = batch.obs, batch.actions, batch.logp
-                ad, rt, v_old = batch.adv, batch.returns, batch.values
+                ad, rt, v_old = adv_all, batch.returns, batch.values
             else:
                 idx = order[:, m * mb : (m + 1) * mb]  # (C, mb)
                 o = batch.obs.gather(1, idx.unsqueeze(-1).expand(C, mb, D))
@@ -310,7 +317,7 @@ def ppo_update(
                     x.gather(1, idx)
                     for x in (batch.actions, batch.logp, batch.adv, batch.returns, batch.values)
                 )
-            if cfg.norm_adv:
+            if cfg.norm_adv and order is not None:  # one minibatch: normalised once above
                 ad = (ad - ad.mean(-1, keepdim=True)) / (ad.std(-1, keepdim=True) + 1e-8)
             logp_all = torch.log_softmax(actor(o), -1)  # (C, mb, A)
             lp = logp_all.gather(-1, a.unsqueeze(-1)).squeeze(-1)  # (C, mb)
@@ -329,7 +336,9 @@ def ppo_update(
                 v_loss = 0.5 * torch.maximum((v - rt) ** 2, (v_clip - rt) ** 2).mean(-1)
             else:
                 v_loss = 0.5 * ((v - rt) ** 2).mean(-1)
-            loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss  # (C,)
+            loss = pg_loss + cfg.vf_coef * v_loss  # (C,)
+            if cfg.ent_coef:  # the Zoo's CartPole: 0, no term
+                loss = loss - cfg.ent_coef * ent
             opt.zero_grad(set_to_none=False)
             loss.sum().backward()  # configurations are independent: the sum is each its own
             grad_norm = clip_grad_norm_per_config(opt.param_groups[0]["params"], cfg.max_grad_norm)

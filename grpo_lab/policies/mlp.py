@@ -29,12 +29,24 @@ class _Tanh(torch.autograd.Function):
         return torch.ops.aten.tanh_backward(grad, y)
 
 
+_CONSTS: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+
+
+def _tanh_raw_(x: Tensor) -> Tensor:
+    """x <- 2 sigmoid(2x) - 1 in place, no autograd. The constants are 0-dim CPU tensors of x's
+    dtype (usable on any device): a Python number would be wrapped in a new tensor per call."""
+    if x.dtype not in _CONSTS:
+        _CONSTS[x.dtype] = (torch.tensor(2.0, dtype=x.dtype), torch.tensor(1.0, dtype=x.dtype))
+    two, one = _CONSTS[x.dtype]
+    return x.mul_(two).sigmoid_().mul_(two).sub_(one)
+
+
 class _TanhInplace(torch.autograd.Function):
     """``_Tanh`` written over its input (a fresh pre-activation that nothing else needs)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
-        x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        _tanh_raw_(x)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
@@ -50,7 +62,7 @@ def tanh_(x: Tensor) -> Tensor:
     no other operation saved for its backward (autograd raises if one did); it saves allocating
     (and first touching) a fresh buffer per layer, which costs as much as the arithmetic here."""
     if not (torch.is_grad_enabled() and x.requires_grad):  # no graph: skip the Function
-        return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        return _tanh_raw_(x)
     return _TanhInplace.apply(x)
 
 
@@ -148,5 +160,12 @@ def categorical(logits: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
     batch). Shapes: logits (C, M, A) -> (C, M) long."""
     C, M, _ = logits.shape
     u = torch.stack([torch.rand(M, generator=g, dtype=logits.dtype) for g in gens])  # (C, M)
+    return categorical_from_uniform(logits, u)
+
+
+def categorical_from_uniform(logits: Tensor, u: Tensor) -> Tensor:
+    """The inverse-CDF action for uniforms u drawn beforehand: the first a with
+    u * sum_b p_b <= sum_{b <= a} p_b, p = softmax(logits). Shapes: logits (..., A), u (...) ->
+    (...) long."""
     cdf = torch.softmax(logits, -1).cumsum(-1)
     return (cdf < u.unsqueeze(-1) * cdf[..., -1:]).sum(-1).clamp_max(logits.shape[-1] - 1)

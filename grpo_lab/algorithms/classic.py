@@ -383,6 +383,36 @@ def log_update_steps(
     return alive_k[:, -1]
 
 
+def log_iteration(
+    rec: RunRecord,
+    roll: Rollout,
+    u: int,
+    steps_done: int,
+    t_roll: float,
+    t_upd: float,
+    alive: Tensor,
+) -> None:
+    """Log one PPO / TRPO iteration: iteration, env_steps (so far, per configuration),
+    episode_return, explained_variance = 1 - Var(R - V) / Var(R) of the critic that produced the
+    rollout's values, env_steps_per_s (of the rollout, all C configurations together),
+    rollout_time, update_time."""
+    C, M = roll.returns.shape
+    expl_var = 1 - (roll.returns - roll.values).var(-1) / roll.returns.var(-1)
+    rec.log(
+        "iter",
+        {
+            "iteration": torch.full((C,), float(u)),
+            "env_steps": torch.full((C,), float(steps_done)),
+            "episode_return": roll.episode_return,
+            "explained_variance": expl_var,
+            "env_steps_per_s": torch.full((C,), C * M / max(t_roll, 1e-9)),
+            "rollout_time": torch.full((C,), t_roll),
+            "update_time": torch.full((C,), t_upd),
+        },
+        alive,
+    )
+
+
 def train_classic_ppo(
     env: None | object, configs: ClassicPPOConfig | Sequence[ClassicPPOConfig]
 ) -> RunRecord:
@@ -437,20 +467,7 @@ def train_classic_ppo(
         extra = {"lr": lr_now, "clip_coef": clip.reshape(C), "iteration": torch.full((C,), u)}
         alive = log_update_steps(rec, st, alive, extra)
         t_upd = time.perf_counter() - t0
-        expl_var = 1 - (roll.returns - roll.values).var(-1) / roll.returns.var(-1)
-        rec.log(
-            "iter",
-            {
-                "iteration": torch.full((C,), float(u)),
-                "env_steps": torch.full((C,), float(steps_done)),
-                "episode_return": roll.episode_return,
-                "explained_variance": expl_var,
-                "env_steps_per_s": torch.full((C,), C * E * T / max(t_roll, 1e-9)),
-                "rollout_time": torch.full((C,), t_roll),
-                "update_time": torch.full((C,), t_upd),
-            },
-            alive,
-        )
+        log_iteration(rec, roll, u, steps_done, t_roll, t_upd, alive)
     venv.close()
     evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend, dt, obs_norm)
     rec.summary = {"eval_return": evals, "env_steps": torch.full((C,), float(steps_done))}

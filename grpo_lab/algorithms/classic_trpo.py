@@ -66,6 +66,7 @@ from grpo_lab.algorithms.classic import (
     _check_env,
     _env_seeds,
     evaluate,
+    log_iteration,
     rollout,
     with_task,
 )
@@ -429,20 +430,7 @@ def train_classic_trpo(
         metrics.update(v_loss=v_loss, iteration=torch.full((C,), float(u)))
         rec.log("step", metrics, alive)
         t_upd = time.perf_counter() - t0
-        expl_var = 1 - (roll.returns - roll.values).var(-1) / roll.returns.var(-1)
-        rec.log(
-            "iter",
-            {
-                "iteration": torch.full((C,), float(u)),
-                "env_steps": torch.full((C,), float(steps_done)),
-                "episode_return": roll.episode_return,
-                "explained_variance": expl_var,
-                "env_steps_per_s": torch.full((C,), C * E * T / max(t_roll, 1e-9)),
-                "rollout_time": torch.full((C,), t_roll),
-                "update_time": torch.full((C,), t_upd),
-            },
-            alive,
-        )
+        log_iteration(rec, roll, u, steps_done, t_roll, t_upd, alive)
     venv.close()
     evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend, dt, obs_norm)
     rec.summary = {"eval_return": evals, "env_steps": torch.full((C,), float(steps_done))}

@@ -341,7 +341,7 @@ def clipped_surrogate(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
-    mask: Tensor,
+    mask: Tensor | None,
     eps_low: Scalar,
     eps_high: Scalar,
     dual_clip: Scalar | None = None,
@@ -353,13 +353,20 @@ def clipped_surrogate(
     parameters may be tensors, so C configurations with their own eps advance as one program.
     Shapes: logp, old_logp, advantages, mask (..., B, T) (mask bool); eps_low, eps_high, dual_clip
     floats or tensors broadcastable to (..., B, T), e.g. (C, 1, 1). Returns (l, r), both (..., B, T),
-    zero loss at masked positions; the ratio is computed in float32 or wider.
+    zero loss at masked positions; the ratio is computed in float32 or wider. ``mask`` None: every
+    position is valid (dense samples, e.g. classic control), any shape, token-level ratios only.
     """
     dt = torch.promote_types(compute_dtype(logp), compute_dtype(old_logp))
-    zero = torch.zeros((), dtype=dt, device=logp.device)
-    token_log_ratio = torch.where(mask, logp.to(dt) - old_logp.to(dt), zero)  # (..., B, T)
-    ratio = torch.exp(RATIO_LEVELS.get(ratio_level)(token_log_ratio, mask.to(dt)))  # (..., B, T)
-    a = torch.where(mask, advantages.to(dt), zero)  # (..., B, T)
+    if mask is None:
+        if ratio_level != "token":
+            raise ValueError(f"ratio_level {ratio_level!r} needs a mask (sequence lengths)")
+        ratio = torch.exp(logp.to(dt) - old_logp.to(dt))
+        a = advantages.to(dt)
+    else:
+        zero = torch.zeros((), dtype=dt, device=logp.device)
+        token_log_ratio = torch.where(mask, logp.to(dt) - old_logp.to(dt), zero)  # (..., B, T)
+        ratio = torch.exp(RATIO_LEVELS.get(ratio_level)(token_log_ratio, mask.to(dt)))
+        a = torch.where(mask, advantages.to(dt), zero)  # (..., B, T)
     surr = ratio * a
     surr_clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
     loss = -torch.minimum(surr, surr_clipped)  # (..., B, T)

@@ -13,6 +13,7 @@ learning rate may differ per configuration: ``lr`` here is a number or a (C,) te
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -98,21 +99,22 @@ class BatchedAdam(torch.optim.Optimizer):
             ms = [self.state[p]["m"] for p in ps]
             vs = [self.state[p]["v"] for p in ps]
             gs = [p.grad for p in ps]
-            torch._foreach_mul_(ms, b1)
-            torch._foreach_add_(ms, gs, alpha=1 - b1)  # m <- b1 m + (1 - b1) g
+            torch._foreach_lerp_(ms, gs, 1 - b1)  # m <- b1 m + (1 - b1) g
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)  # v <- b2 v + (1 - b2) g^2
-            denom = torch._foreach_div(vs, 1 - b2**t)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, group["eps"])  # sqrt(v / (1 - b2^t)) + eps
-            upd = torch._foreach_div(ms, 1 - b1**t)
-            torch._foreach_div_(upd, denom)  # m_hat / (sqrt(v_hat) + eps)
+            # lr (m / bc1) / (sqrt(v / bc2) + eps) = [lr sqrt(bc2) / bc1] m / (sqrt(v) + eps sqrt(bc2))
+            # with bc_i = 1 - b_i^t: the bias corrections land on a scalar, not on m and v
+            root_bc2 = math.sqrt(1 - b2**t)
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_add_(denom, group["eps"] * root_bc2)
             lrs = [_per_config(group["lr"], p, True) for p in ps]
             if isinstance(lrs[0], float):
-                torch._foreach_mul_(upd, lrs[0])
+                step_size = lrs[0] * root_bc2 / (1 - b1**t)
+                torch._foreach_addcdiv_(ps, ms, denom, value=-step_size)
             else:
-                torch._foreach_mul_(upd, lrs)
-            torch._foreach_sub_(ps, upd)
+                upd = torch._foreach_div(ms, denom)
+                torch._foreach_mul_(upd, [lr * (root_bc2 / (1 - b1**t)) for lr in lrs])
+                torch._foreach_sub_(ps, upd)
 
     def _one(self, p: Tensor, group: dict, t: int) -> None:
         b1, b2 = group["betas"]

@@ -548,6 +548,24 @@ def test_batched_core_equals_policy_loss_per_config(mode, level):
             assert v[i].item() == pytest.approx(m[k], abs=1e-12), k
 
 
+def test_batched_core_without_a_mask_equals_the_all_true_mask():
+    # Dense samples (classic control): mask None gives the loss and ratio of an all-True mask.
+    g = torch.Generator().manual_seed(3)
+    old = -torch.rand(3, 7, 5, generator=g, dtype=torch.float64)
+    logp = old + 0.5 * torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    a = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    eps = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)[:, None, None]
+    full = torch.ones(3, 7, 5, dtype=torch.bool)
+    for dual in (None, 3.0):
+        expected = clipped_surrogate(logp, old, a, full, eps, eps + 0.1, dual)
+        for mine, theirs in zip(
+            clipped_surrogate(logp, old, a, None, eps, eps + 0.1, dual), expected, strict=True
+        ):
+            torch.testing.assert_close(mine, theirs, rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match="needs a mask"):
+        clipped_surrogate(logp, old, a, None, eps, eps, ratio_level="sequence")
+
+
 def test_aggregate_rejects_an_empty_config_slice():
     mask = torch.ones(2, 3, 4, dtype=torch.bool)
     mask[1] = False

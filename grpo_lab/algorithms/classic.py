@@ -255,12 +255,15 @@ def rollout(
 
 
 def _audit(lp_new: Tensor, lp_old: Tensor, adv: Tensor, clip: Tensor) -> dict[str, Tensor]:
-    """The ratio audit of one minibatch (``losses.ratio_metrics``): lp_new, lp_old, adv (C, mb),
-    clip (C, 1, 1) -> each metric (C,)."""
-    mask = torch.ones_like(lp_new, dtype=torch.bool).unsqueeze(1)  # (C, 1, mb)
-    r = torch.exp(lp_new - lp_old).unsqueeze(1)
+    """The ratio audits of K optimiser steps at once (``losses.ratio_metrics``, each step's
+    minibatch one row): lp_new (the policy after step k), lp_old, adv (C, K, mb), clip (C, 1, 1)
+    -> each metric (C, K)."""
+    C, K, mb = lp_new.shape
+    mask = torch.ones(C, K, 1, mb, dtype=torch.bool)
+    r = torch.exp(lp_new - lp_old).unsqueeze(-2)  # (C, K, 1, mb)
+    c4 = clip.reshape(C, 1, 1, 1)
     return ratio_metrics(
-        lp_new.unsqueeze(1), lp_old.unsqueeze(1), r, adv.unsqueeze(1), mask, clip, clip
+        lp_new.unsqueeze(-2), lp_old.unsqueeze(-2), r, adv.unsqueeze(-2), mask, c4, c4
     )
 
 
@@ -281,25 +284,31 @@ def ppo_update(
     configuration, per-configuration gradient-norm clipping, one Adam step. Then the audit: the
     minibatch's ratios pi_new / pi_old after the step. With one minibatch the next step's forward
     is on the same batch with the same parameters, so its log-probabilities are this step's audit
-    and no extra forward is run (only after the last step).
+    and no extra forward is run (only after the last step). The metrics (entropy, the audit,
+    finiteness) are computed once for all K steps after the last one, from the tensors each step
+    kept: a step's own work is its forward, backward and Adam step.
 
     ``opt``: one parameter group holding the actor's and critic's parameters (or their
     ``optim.flat_parameters`` buffer); the gradient norm is clipped over that group. ``clip``
     (C, 1, 1); ``order_gens[epoch]``: one generator per configuration for the minibatch
     order of that epoch (needed when ``num_minibatches`` > 1). Returns name -> (C, K) over the K
-    optimiser steps: loss, pg_loss, v_loss, entropy, grad_norm, finite (1 if the loss and
-    gradient norm were finite), and the audit (``losses.ratio_metrics``).
+    optimiser steps: loss, pg_loss, v_loss, entropy (of the policy the step started from),
+    grad_norm, finite (1 if the loss and gradient norm were finite), and the audit
+    (``losses.ratio_metrics``).
     """
     C, M, D = batch.obs.shape
     mb = M // cfg.num_minibatches
     reuse = cfg.num_minibatches == 1
+    params = opt.param_groups[0]["params"]
+    c2 = clip.reshape(C, 1)
     adv_all = batch.adv
     if cfg.norm_adv and reuse:
         adv_all = (adv_all - adv_all.mean(-1, keepdim=True)) / (
             adv_all.std(-1, keepdim=True) + 1e-8
         )
-    steps: list[dict[str, Tensor]] = []
-    pending: dict[str, Tensor] | None = None  # a step whose audit is the next forward
+    keep: dict[str, list[Tensor]] = {k: [] for k in ("loss", "pg_loss", "v_loss", "grad_norm")}
+    seen: list[Tensor] = []  # per step: log pi(.|s) (C, mb, A) before the step, detached
+    audit: dict[str, list[Tensor]] = {"new": [], "old": [], "adv": []}  # per step (C, mb)
     for epoch in range(cfg.update_epochs):
         order = None  # each configuration's own minibatch order, from its own generator
         if not reuse:
@@ -321,47 +330,46 @@ def ppo_update(
                 ad = (ad - ad.mean(-1, keepdim=True)) / (ad.std(-1, keepdim=True) + 1e-8)
             logp_all = torch.log_softmax(actor(o), -1)  # (C, mb, A)
             lp = logp_all.gather(-1, a.unsqueeze(-1)).squeeze(-1)  # (C, mb)
-            if pending is not None:
-                steps.append(pending | _audit(lp.detach(), lp_old, ad, clip))
-            ent = -(logp_all.exp() * logp_all).sum(-1).mean(-1)  # (C,)
-            mask = torch.ones_like(lp, dtype=torch.bool).unsqueeze(1)  # (C, 1, mb)
-            per_tok, _ = clipped_surrogate(
-                lp.unsqueeze(1), lp_old.unsqueeze(1), ad.unsqueeze(1), mask, clip, clip
-            )
-            pg_loss = per_tok.mean((-2, -1))  # (C,)
+            seen.append(logp_all.detach())
+            if reuse and len(seen) > 1:  # the previous step's audit: this policy, same batch
+                audit["new"].append(lp.detach())
+            per_tok, _ = clipped_surrogate(lp, lp_old, ad, None, c2, c2)  # (C, mb)
+            pg_loss = per_tok.mean(-1)  # (C,)
             v = critic(o).squeeze(-1)  # (C, mb)
             if cfg.clip_vloss:
-                c2 = clip.reshape(C, 1)
                 v_clip = v_old + (v - v_old).clamp(-c2, c2)
                 v_loss = 0.5 * torch.maximum((v - rt) ** 2, (v_clip - rt) ** 2).mean(-1)
             else:
                 v_loss = 0.5 * ((v - rt) ** 2).mean(-1)
             loss = pg_loss + cfg.vf_coef * v_loss  # (C,)
             if cfg.ent_coef:  # the Zoo's CartPole: 0, no term
-                loss = loss - cfg.ent_coef * ent
-            opt.zero_grad(set_to_none=False)
+                loss = loss + cfg.ent_coef * (logp_all.exp() * logp_all).sum(-1).mean(-1)
+            for p in params:  # zero the gradients in place (flat_parameters' views stay views)
+                if p.grad is not None:
+                    p.grad.zero_()
             loss.sum().backward()  # configurations are independent: the sum is each its own
-            grad_norm = clip_grad_norm_per_config(opt.param_groups[0]["params"], cfg.max_grad_norm)
+            keep["grad_norm"].append(clip_grad_norm_per_config(params, cfg.max_grad_norm))
             opt.step()
-            metrics = {
-                "loss": loss.detach(),
-                "pg_loss": pg_loss.detach(),
-                "v_loss": v_loss.detach(),
-                "entropy": ent.detach(),
-                "grad_norm": grad_norm,
-                "finite": (torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)).to(o.dtype),
-            }
-            if reuse:
-                pending = metrics
-            else:
+            for k, x in (("loss", loss), ("pg_loss", pg_loss), ("v_loss", v_loss)):
+                keep[k].append(x.detach())
+            if not reuse:
                 with torch.no_grad():
                     lp_new = torch.log_softmax(actor(o), -1).gather(-1, a.unsqueeze(-1))
-                steps.append(metrics | _audit(lp_new.squeeze(-1), lp_old, ad, clip))
-    if pending is not None:  # the audit of the last step
+                audit["new"].append(lp_new.squeeze(-1))
+            if not reuse or not audit["old"]:
+                audit["old"].append(lp_old)
+                audit["adv"].append(ad)
+    if reuse:  # the audit of the last step; every step saw the same batch
         with torch.no_grad():
             lp_new = torch.log_softmax(actor(o), -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
-        steps.append(pending | _audit(lp_new, lp_old, ad, clip))
-    return {k: torch.stack([s[k] for s in steps], -1) for k in steps[0]}
+        audit["new"].append(lp_new)
+    K = len(seen)
+    out = {k: torch.stack(v, -1) for k, v in keep.items()}  # (C, K) each
+    logp_seen = torch.stack(seen, 1)  # (C, K, mb, A)
+    out["entropy"] = -(logp_seen.exp() * logp_seen).sum(-1).mean(-1)
+    out["finite"] = (torch.isfinite(out["loss"]) & torch.isfinite(out["grad_norm"])).to(o.dtype)
+    new, old, adv = (torch.stack(audit[k], 1) for k in ("new", "old", "adv"))  # (C, K or 1, mb)
+    return out | _audit(new, old.expand(C, K, mb), adv.expand(C, K, mb), clip)
 
 
 def log_update_steps(

@@ -236,8 +236,10 @@ def clip_grad_norm_per_config(params: Sequence[Tensor], max_norm: float) -> Tens
     if not grads:
         raise ValueError("no parameter has a gradient to clip")
     C = grads[0].shape[0]
-    sq = torch.stack([g.reshape(C, -1).pow(2).sum(-1) for g in grads]).sum(0)  # (C,)
-    norm = sq.sqrt()
+    if len(grads) == 1:  # one buffer (optim.flat_parameters): a single norm kernel
+        norm = torch.linalg.vector_norm(grads[0].reshape(C, -1), dim=-1)  # (C,)
+    else:
+        norm = torch.stack([g.reshape(C, -1).pow(2).sum(-1) for g in grads]).sum(0).sqrt()
     coef = (max_norm / (norm + CLIP_NORM_EPS)).clamp(max=1.0)  # (C,)
     for g in grads:
         g.mul_(coef.reshape(-1, *([1] * (g.dim() - 1))))

@@ -70,9 +70,12 @@ class BatchedAdam(torch.optim.Optimizer):
         lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        fused: bool = True,
     ) -> None:
         _check_lr(lr)
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.fused = fused and hasattr(torch, "_fused_adam_")
+        self._row_cache: dict[tuple[int, int], tuple[tuple, tuple[Tensor, ...]]] = {}
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
@@ -96,6 +99,10 @@ class BatchedAdam(torch.optim.Optimizer):
                     self._one(p, group, self.state[p]["step"])
                 continue
             t = steps.pop()
+            batched = isinstance(group["lr"], Tensor) and group["lr"].dim() > 0
+            if self.fused and _fusable(ps, batched):
+                self._fused_step(group, ps, t)
+                continue
             ms = [self.state[p]["m"] for p in ps]
             vs = [self.state[p]["v"] for p in ps]
             gs = [p.grad for p in ps]
@@ -116,6 +123,47 @@ class BatchedAdam(torch.optim.Optimizer):
                 torch._foreach_mul_(upd, [lr * (root_bc2 / (1 - b1**t)) for lr in lrs])
                 torch._foreach_sub_(ps, upd)
 
+    def _fused_step(self, group: dict, ps: list[Tensor], t: int) -> None:
+        """The same step as one pass per tensor: PyTorch's fused Adam kernel (the one behind
+        ``torch.optim.Adam(fused=True)``) takes one lr per call, so with a per-configuration lr
+        the configurations' rows are grouped by lr value, one call per distinct value (at most
+        C). Each element of p, g, m, v is read once instead of once per elementwise op: a small
+        network's state is evicted from cache by the activations between steps, so the memory
+        passes are what a step costs."""
+        b1, b2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        step = torch.full((), float(t), dtype=torch.float32, device=ps[0].device)
+        tensors = [ps, [p.grad for p in ps], [self.state[p]["m"] for p in ps]]
+        tensors.append([self.state[p]["v"] for p in ps])
+        kw = {"beta1": b1, "beta2": b2, "weight_decay": 0.0, "eps": eps}
+        kw |= {"amsgrad": False, "maximize": False}
+        if not (isinstance(lr, Tensor) and lr.dim() > 0):
+            torch._fused_adam_(*tensors, [], [step] * len(ps), lr=float(lr), **kw)
+            return
+        for p in ps:
+            if p.dim() == 0 or p.shape[0] != lr.shape[0]:
+                _per_config(lr, p, True)  # raises, naming both shapes
+        rows = [[self._rows((k, id(p)), x) for p, x in zip(ps, xs, strict=True)]
+                for k, xs in enumerate(tensors)]  # fmt: skip
+        # rows[kind][param][c]: configuration c's row of that parameter, gradient, m or v
+        by_lr: dict[float, list[int]] = {}
+        for c, v in enumerate(lr.tolist()):
+            by_lr.setdefault(v, []).append(c)
+        for v, cs in by_lr.items():
+            sel = [[r[c] for r in kind for c in cs] for kind in rows]  # (param, row) pairs
+            torch._fused_adam_(*sel, [], [step] * len(sel[0]), lr=v, **kw)
+
+    def _rows(self, slot: tuple[int, int], x: Tensor) -> tuple[Tensor, ...]:
+        """x.unbind(0), kept between steps in ``slot`` (what x is: parameter, gradient, m or v,
+        and of which parameter) while x's memory and layout stay the same: the views then alias
+        x's storage, which cannot be reused while they hold it. One entry per slot."""
+        key = (x.data_ptr(), x.shape, x.stride(), x.dtype)
+        hit = self._row_cache.get(slot)
+        if hit is None or hit[0] != key:
+            hit = (key, x.unbind(0))
+            self._row_cache[slot] = hit
+        return hit[1]
+
     def _one(self, p: Tensor, group: dict, t: int) -> None:
         b1, b2 = group["betas"]
         m, v, g = self.state[p]["m"], self.state[p]["v"], p.grad
@@ -123,6 +171,23 @@ class BatchedAdam(torch.optim.Optimizer):
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (v / (1 - b2**t)).sqrt_().add_(group["eps"])
         p.sub_(_per_config(group["lr"], p, True) * (m / (1 - b1**t)) / denom)
+
+
+def _fusable(ps: list[Tensor], batched: bool) -> bool:
+    """Whether the fused kernel takes these tensors: floating point, on CPU or CUDA, contiguous
+    (with a per-configuration lr: each configuration's row p[c] and its gradient's)."""
+
+    def dense(x: Tensor) -> bool:
+        return x.dim() >= 1 and x[0].is_contiguous() if batched else x.is_contiguous()
+
+    return all(
+        p.is_floating_point()
+        and p.device.type in ("cpu", "cuda")
+        and p.grad is not None
+        and dense(p)
+        and dense(p.grad)
+        for p in ps
+    )
 
 
 def flat_parameters(params: Sequence[Tensor]) -> torch.nn.Parameter:

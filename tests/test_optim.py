@@ -34,6 +34,37 @@ def test_batched_optimiser_equals_torch_per_config(name):
     torch.testing.assert_close(batched.detach(), torch.stack([p.detach() for p in singles]))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("lr", ["shared", "per-config"])
+def test_adam_fused_and_multi_tensor_paths_equal_torch_adam(fused, lr):
+    # Both implementations of the step (PyTorch's fused kernel, rows grouped by lr value; the
+    # multi-tensor ops) against torch.optim.Adam per configuration, with two parameters, repeated
+    # lr values, and gradients set to None between steps (fresh gradient tensors).
+    g = torch.Generator().manual_seed(5)
+    c = 4
+    lrs = torch.tensor([1e-2, 3e-2, 1e-2, 0.1], dtype=torch.float64)
+    inits = [torch.randn(c, 3, 2, generator=g, dtype=torch.float64), torch.randn(c, 5, generator=g)]
+    inits[1] = inits[1].double()
+    ps = [t.clone().requires_grad_(True) for t in inits]
+    opt = BatchedAdam(ps, lr=lrs if lr == "per-config" else 0.05, fused=fused)
+    assert opt.fused == fused
+    refs = [[t[i].clone().requires_grad_(True) for t in inits] for i in range(c)]
+    ref_lr = [float(x) if lr == "per-config" else 0.05 for x in lrs]
+    ref_opts = [torch.optim.Adam(r, lr=ref_lr[i]) for i, r in enumerate(refs)]
+    for step in range(6):
+        for p in ps:
+            p.grad = None
+        loss = sum((p * (step + 1.0)).sin().sum() for p in ps)
+        loss.backward()
+        opt.step()
+        for r, o in zip(refs, ref_opts, strict=True):
+            o.zero_grad()
+            sum((p * (step + 1.0)).sin().sum() for p in r).backward()
+            o.step()
+    for k, p in enumerate(ps):
+        torch.testing.assert_close(p.detach(), torch.stack([r[k].detach() for r in refs]))
+
+
 def test_scalar_lr_and_zero_grad():
     p = torch.ones(3, requires_grad=True)
     opt = BatchedSGD([p], lr=0.5)

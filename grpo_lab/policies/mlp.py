@@ -116,9 +116,9 @@ def linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
     For N < ``NARROW`` (a policy's logits, a critic's value) the products are computed transposed,
     W^T h^T with W^T made contiguous, and the backward likewise (dW = (g^T h)^T; with one output
-    column dh = g W^T is an outer product, taken as a broadcast product): batched GEMMs with N = 1 or 2 output
-    columns are 3-8x slower on CPU than the same products with the long side last (measured with
-    MKL, C = 16, M = 256, K = 64). The result is the same up to float rounding.
+    column dh = g W^T is an outer product, taken as a broadcast product): batched GEMMs with N = 1
+    or 2 output columns are 3-8x slower on CPU than the same products with the long side last
+    (measured with MKL, C = 16, M = 256, K = 64). The result is the same up to float rounding.
     """
     if w.shape[-1] < NARROW:
         if not torch.is_grad_enabled():  # no graph: skip the Function

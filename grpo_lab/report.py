@@ -346,6 +346,7 @@ PRIMARY = {
     "classic-epsilon-sweep": ("sample-efficiency",),
     "classic-lr-sweep": ("sample-efficiency",),
     "classic-compare": ("sample-efficiency", "algorithm-comparison", "compute-cost"),
+    "classic-cost": ("compute-cost",),
 }
 
 
@@ -1253,7 +1254,7 @@ def compute_cost_table(data: SweepData) -> pd.DataFrame:
 
     Per label, not per condition: the runs of one batch share their timings, and a batch holds
     every condition that differs only in batchable fields (lr, eps, seed)."""
-    from grpo_lab.protocols import COST_COLUMNS, compute_costs
+    from grpo_lab.verdicts import COST_COLUMNS, compute_costs
 
     it = data.iterations
     need = {"rollout_time", "update_time", "env_steps_per_s"}

@@ -40,7 +40,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from grpo_lab import store
 from grpo_lab.algorithms import ALGORITHMS
 from grpo_lab.envs import make as make_env
-from grpo_lab.protocols import Protocol, RunSpec, Verdict, expand, judge
+from grpo_lab.protocols import Protocol, RunSpec, expand
+from grpo_lab.verdicts import Verdict, judge
 
 BACKENDS = ("local", "ray")
 
@@ -286,6 +287,6 @@ def run_protocol(
             bar.advance(task, len(finished))
     store.write_manifest(root, sweep, protocol=protocol.name, runs=list(runs))
     sweep_path = store.sweep_dir(root, sweep)
-    verdict = judge(protocol, sweep_path)
+    verdict = judge(protocol, sweep_path, budget=budget, overrides=overrides)
     store.atomic_write_bytes(sweep_path / "verdict.json", verdict.to_json().encode())
     return SweepResult(sweep_path, verdict, ran=len(todo), skipped=len(runs) - len(todo))

@@ -261,7 +261,7 @@ total_timesteps = 320
 eval_episodes = 1
 [verdict]
 rule = "improvement"
-params = { better = "grpo", worse = "ppo", score = "eval_return", reps = 200, cost = true }
+params = { better = "grpo", worse = "ppo", score = "eval_return", reps = 200 }
 """
 
 

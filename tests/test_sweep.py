@@ -254,7 +254,7 @@ def test_classic_compare_runs_on_one_env_step_budget(tmp_path):
     """The shipped classic-compare protocol on its quick budget (about 10 s on 2 cores): one
     budget key, total_timesteps, for GRPO, TRPO and PPO; PPO (8 x 32) and TRPO (2 x 512) spend
     whole rollouts, 2048 // 256 and 2048 // 1024 of them, exactly 2048 steps; GRPO stops within
-    N - 1 = 31 steps past it. The verdict reports the steps and the compute of each algorithm."""
+    N - 1 = 31 steps past it. The verdict reports the env steps of each algorithm."""
     from grpo_lab.protocols import PROTOCOL_DIR, expand
     from grpo_lab.report import load_sweep, sample_efficiency_table
 
@@ -267,8 +267,9 @@ def test_classic_compare_runs_on_one_env_step_budget(tmp_path):
     assert (summ.loc[["ppo", "trpo"], "env_steps"] == 2048).all()
     assert summ.loc["grpo", "env_steps"].between(2048, 2048 + 31).all()
     ev = r.verdict.evidence
-    for label in ("grpo", "trpo", "ppo"):
-        assert ev[f"batches_{label}"] == 1 and ev[f"update_us_per_step_{label}"] > 0
-    assert "evaluation return" in r.verdict.summary and "update wall time" in r.verdict.summary
+    assert ev["env_steps_grpo"] >= ev["env_steps_trpo"] == 2048
+    # the return question only: cost is classic-cost's verdict (issue 12, item 1)
+    assert "evaluation return" in r.verdict.summary and "wall time" not in r.verdict.summary
+    assert "classic-compare" in r.verdict.scope or "CartPole-v1" in r.verdict.scope
     curves = sample_efficiency_table(load_sweep(r.sweep_path))
     assert set(curves["condition"]) == {"grpo", "trpo", "ppo"}

@@ -6,6 +6,7 @@ build its vector environments). ``ENVIRONMENTS`` holds every one of them by name
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +34,19 @@ class ClassicTask:
 
 for _name in CLASSIC_ENVS.names():
     ENVIRONMENTS.add(_name, partial(ClassicTask, _name))
+
+
+def env_parameters(name: str) -> list[str] | None:
+    """The keyword arguments environment ``name`` accepts (None: any), read off its generator's
+    signature, so a protocol's ``env.kwargs`` can be checked before anything runs."""
+    fn = ENVIRONMENTS.get(name)
+    if isinstance(fn, partial) and fn.func is make_task:
+        fn = LM_TASKS.get(fn.args[0])
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [k for k, p in sig.parameters.items() if p.kind in kinds]
 
 
 def make(name: str, **kwargs: Any) -> Any:

@@ -6,12 +6,17 @@ prompt (or start state) with scalar rewards R_1..R_G:
     A_i = (R_i - b_i) / (sigma + eps)
 
     b_i   = mean_j R_j                       baseline "mean"           (GRPO)
-          = (sum_j R_j - R_i) / (G - 1)      baseline "leave-one-out"  (RLOO, arXiv 2402.14740)
+          = (sum_j R_j - R_i) / (G - 1)      baseline "leave-one-out"  (RLOO, arXiv 2402.14740;
+                                                                        Kool et al. 2019)
+          = 0                                baseline "none"           (REINFORCE without a
+                                                                        baseline, Williams 1992)
     sigma = std_j R_j (Bessel-corrected)     scale "std"               (GRPO, DAPO)
           = 1, eps = 0                       scale "none"              (Dr. GRPO, arXiv 2503.20783)
 
-A group whose rewards are all equal carries no learning signal and gets A = 0 exactly, whatever the
-baseline or scale (no 0/0, no NaN).
+With a baseline, a group whose rewards are all equal carries no learning signal and gets A = 0
+exactly, whatever the scale (no 0/0, no NaN). Baseline "none" keeps A_i = R_i in every group (the
+plain REINFORCE estimator: an all-equal group still pushes up its sampled actions, the variance a
+baseline removes) and takes scale "none" only (sigma = 0 in such a group would divide R_i by eps).
 
 GAE (Schulman et al., arXiv 1506.02438 eq. 16):
 
@@ -47,6 +52,11 @@ def _leave_one_out_baseline(x: Tensor) -> Tensor:
     return (x.sum(dim=-1, keepdim=True) - x) / (g - 1)
 
 
+@BASELINES.register("none")
+def _no_baseline(x: Tensor) -> Tensor:
+    return torch.zeros_like(x)
+
+
 @SCALES.register("std")
 def _std_scale(x: Tensor) -> Tensor:
     return x.std(dim=-1, keepdim=True, correction=1)
@@ -70,7 +80,8 @@ def group_advantages(
     arXiv 2402.03300 §4.1.2, RLOO arXiv 2402.14740, Dr. GRPO arXiv 2503.20783).
 
     Shapes: rewards (N,) holding N / G consecutive groups of G = group_size samples -> (N,).
-    Computed in float32 (float64 inputs stay float64). Groups with all-equal rewards get 0.
+    Computed in float32 (float64 inputs stay float64). Groups with all-equal rewards get 0, except
+    under baseline "none" (A = R; it rejects scale "std").
     """
     r = as_tensor("rewards", rewards)
     check_ndim("rewards", r, 1, "1-D (N,) with consecutive groups of group_size")
@@ -85,6 +96,11 @@ def group_advantages(
         )
     baseline_fn = BASELINES.get(baseline)
     scale_fn = SCALES.get(scale)
+    if baseline == "none" and scale_fn is not None:
+        raise ValueError(
+            f"baseline 'none' takes scale 'none' only, got scale={scale!r}: a group of equal "
+            "rewards has sigma = 0 and uncentred advantages R_i / eps"
+        )
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     check_finite("rewards", r)
@@ -93,8 +109,9 @@ def group_advantages(
     adv = x - baseline_fn(x)
     if scale_fn is not None:
         adv = adv / (scale_fn(x) + eps)
-    flat = (x == x[:, :1]).all(dim=-1, keepdim=True)  # (N/G, 1) groups with zero variance
-    adv = torch.where(flat, torch.zeros_like(adv), adv)
+    if baseline != "none":  # centred advantages: exactly 0 in a group with zero variance
+        flat = (x == x[:, :1]).all(dim=-1, keepdim=True)  # (N/G, 1)
+        adv = torch.where(flat, torch.zeros_like(adv), adv)
     return adv.reshape(-1)
 
 

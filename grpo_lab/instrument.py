@@ -203,6 +203,32 @@ def gradient_quality(samples: Tensor, true_grad: Tensor, scale: float = 1.0) -> 
         dir_rel_error  ||g_bar - alpha g|| / ||alpha g||: the size of the bias in direction
     An unbiased estimator has each z ~ N(0, 1) for large N, so ``bias_z_max`` beyond ~5 means bias.
     A component with zero variance must match exactly (it adds +inf to the statistics if not).
+
+    Variance of one estimate (the seed's "advantage estimation reduces variance": a baseline b
+    leaves E[(R - b) grad log pi] unchanged and shrinks its variance, REINFORCE with baseline,
+    Williams 1992; leave-one-out, Kool et al. 2019; GRPO's group baseline and std scaling, arXiv
+    2402.03300 §4.1.2). With x_n the N estimates, y_n = x_n - g_bar, a_n = <x_n, g> / ||g||^2
+    (so alpha = mean_n a_n), d_n = ||y_n||^2 and e_n = ||x_n - g||^2:
+        grad_var_rel      tr Cov(x) / ||g||^2 = E||x - E x||^2 / ||g||^2, estimated with the
+                          unbiased sample covariance: sum_n d_n / (N - 1) / ||g||^2
+                          (= trace_cov / true_norm^2)
+        grad_mse_rel      E||x - g||^2 / ||g||^2 (against the exact gradient: variance plus
+                          squared bias), estimated by mean_n e_n / ||g||^2 (unbiased)
+        grad_var_rel_dir  tr Cov(x) / ||alpha g||^2 = grad_var_rel / alpha^2: the variance of
+                          x / alpha, the estimate rescaled so that its mean's component along g is
+                          g itself. Scale-free (c x gives the same value for any c != 0): std
+                          scaling and the (G - 1)/G of the mean baseline change the gradient's
+                          scale, which a learning rate absorbs; at equal expected first-order
+                          progress along g this is the noise each estimator brings.
+    and their standard errors ``<name>_se`` by the delta method on i.i.d. estimates (the
+    infinitesimal jackknife): se = sd_n(IF_n) / sqrt(N) with the influence values
+        IF_n = d_n / ||g||^2                                   for grad_var_rel
+             = e_n / ||g||^2                                   for grad_mse_rel (exact: a mean)
+             = grad_var_rel_dir (d_n / V - 2 a_n / alpha)      for grad_var_rel_dir, V = tr Cov
+    (first order in 1/sqrt(N)). se / value is the standard error of log(value), so two runs with
+    independent estimates give log(v1 / v2) +- z sqrt((se1 / v1)^2 + (se2 / v2)^2); runs that
+    share their samples (same ``seed``) are positively correlated and that interval is
+    conservative. NaN where g = 0 (or alpha = 0 for the scale-free measure).
     """
     if samples.dim() < 1 or samples.shape[0] < 2 or samples.shape[1:] != true_grad.shape:
         raise ValueError(
@@ -247,4 +273,36 @@ def gradient_quality(samples: Tensor, true_grad: Tensor, scale: float = 1.0) -> 
         if gn > 0 and alpha != 0
         else float("nan"),
         "num_samples": n,
+        **_variance_measures(x, mean, g, alpha),
     }
+
+
+def _variance_measures(x: Tensor, mean: Tensor, g: Tensor, alpha: float) -> dict[str, float]:
+    """``gradient_quality``'s grad_var_rel, grad_mse_rel, grad_var_rel_dir and their ``_se``
+    (its docstring). Shapes: x (N, D), mean (D,), g (D,)."""
+    n = x.shape[0]
+    g2 = float(g.square().sum())
+    nan = float("nan")
+    if g2 == 0:
+        names = ("grad_var_rel", "grad_mse_rel", "grad_var_rel_dir")
+        return {k: nan for name in names for k in (name, f"{name}_se")}
+    d = (x - mean).square().sum(-1)  # (N,) ||x_n - g_bar||^2
+    e = (x - g).square().sum(-1)  # (N,) ||x_n - g||^2
+    v = float(d.sum()) / (n - 1)  # tr of the unbiased sample covariance
+    root_n = n**0.5
+    out = {
+        "grad_var_rel": v / g2,
+        "grad_var_rel_se": float(d.std(correction=1)) / root_n / g2,
+        "grad_mse_rel": float(e.mean()) / g2,
+        "grad_mse_rel_se": float(e.std(correction=1)) / root_n / g2,
+    }
+    if alpha == 0 or v == 0:
+        out["grad_var_rel_dir"] = v / g2 / alpha**2 if alpha != 0 else nan
+        out["grad_var_rel_dir_se"] = 0.0 if alpha != 0 else nan
+        return out
+    vd = v / g2 / alpha**2
+    a = (x @ g) / g2  # (N,) a_n = <x_n, g> / ||g||^2
+    influence = vd * (d / v - 2.0 * a / alpha)
+    out["grad_var_rel_dir"] = vd
+    out["grad_var_rel_dir_se"] = float(influence.std(correction=1)) / root_n
+    return out

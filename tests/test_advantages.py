@@ -41,6 +41,15 @@ def test_leave_one_out_closed_form_is_rescaled_mean_baseline():
     torch.testing.assert_close(loo, 5 / 4 * mean)
 
 
+def test_no_baseline_is_the_raw_reward_in_every_group():
+    # REINFORCE without a baseline (Williams 1992): A_i = R_i, all-equal groups included (an
+    # all-1 group still reinforces its actions: the variance a baseline removes).
+    r = torch.tensor([0.1, 0.1, 0.1, 1.0, 0.0, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(group_advantages(r, 3, baseline="none", scale="none"), r)
+    with pytest.raises(ValueError, match="baseline 'none' takes scale 'none' only"):
+        group_advantages(r, 3, baseline="none", scale="std")
+
+
 def test_scale_none_is_plain_centering():
     r = torch.tensor([3.0, 1.0, 2.0, 10.0, 0.0, 5.0])
     a = group_advantages(r, 3, scale="none")
@@ -84,7 +93,7 @@ def test_group_advantages_bad_input(kwargs, match):
 
 
 def test_registries_list_their_names():
-    assert BASELINES.names() == ["leave-one-out", "mean"]
+    assert BASELINES.names() == ["leave-one-out", "mean", "none"]
     assert SCALES.names() == ["none", "std"]
 
 

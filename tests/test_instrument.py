@@ -166,3 +166,39 @@ def test_gradient_quality_in_direction_and_its_p_values():
     assert t["p_direction"] < 1e-12 and t["dir_rel_error"] == pytest.approx(
         0.2 / (3 * 2.29), rel=0.05
     )
+
+
+def test_gradient_quality_variance_measures_and_their_standard_errors():
+    # Estimates 3 mu + N(0, diag(s^2)): tr Cov = sum s^2 = 1.75, ||mu||^2 = 5.25, so
+    # grad_var_rel = 1/3, grad_mse_rel = (1.75 + ||2 mu||^2) / 5.25 = 1/3 + 4 and
+    # grad_var_rel_dir = grad_var_rel / 3^2 = 1/27 (the variance of x / 3).
+    mu = torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64)
+    s = torch.tensor([1.0, 0.5, 0.5, 0.5], dtype=torch.float64)
+    truth = {"grad_var_rel": 1 / 3, "grad_mse_rel": 1 / 3 + 4, "grad_var_rel_dir": 1 / 27}
+    g = torch.Generator().manual_seed(2)
+    reps, n = 400, 500
+    rows = [gradient_quality(3 * mu + s * torch.randn(n, 4, generator=g, dtype=torch.float64), mu)
+            for _ in range(reps)]  # fmt: skip
+    for name, value in truth.items():
+        est = torch.tensor([r[name] for r in rows], dtype=torch.float64)
+        se = torch.tensor([r[f"{name}_se"] for r in rows], dtype=torch.float64)
+        # unbiased (to O(1/N) for the ratio grad_var_rel_dir): the mean of 400 within 4 SE
+        assert abs(float(est.mean()) - value) < 4 * float(se.mean()) / reps**0.5, name
+        # the recorded standard error is the spread of the estimate over replications
+        assert float(se.mean()) == pytest.approx(float(est.std()), rel=0.15), name
+    # hand-computed definitions on one draw
+    x = 3 * mu + s * torch.randn(n, 4, generator=g, dtype=torch.float64)
+    q = gradient_quality(x, mu)
+    d = (x - x.mean(0)).square().sum(-1)
+    assert q["grad_var_rel"] == pytest.approx(float(d.sum() / (n - 1) / 5.25), rel=1e-12)
+    assert q["grad_var_rel"] == pytest.approx(q["trace_cov"] / q["true_norm"] ** 2, rel=1e-12)
+    assert q["grad_mse_rel"] == pytest.approx(float((x - mu).square().sum(-1).mean() / 5.25))
+    assert q["grad_var_rel_dir"] == pytest.approx(q["grad_var_rel"] / q["fit_scale"] ** 2)
+    # scale-free: c x has the same grad_var_rel_dir (and its se), c^2 the grad_var_rel
+    c = gradient_quality(-0.1 * x, mu)
+    assert c["grad_var_rel_dir"] == pytest.approx(q["grad_var_rel_dir"], rel=1e-9)
+    assert c["grad_var_rel_dir_se"] == pytest.approx(q["grad_var_rel_dir_se"], rel=1e-9)
+    assert c["grad_var_rel"] == pytest.approx(0.01 * q["grad_var_rel"], rel=1e-9)
+    # a zero gradient leaves the relative measures undefined
+    z = gradient_quality(x, torch.zeros(4, dtype=torch.float64))
+    assert all(math.isnan(z[k]) for k in ("grad_var_rel", "grad_mse_rel_se", "grad_var_rel_dir"))

@@ -20,14 +20,19 @@ One experiment, read top to bottom:
      ``is_cap`` = c truncates the token or sequence weight at c (truncated IS).
   4. ``grpo_lab.instrument.gradient_quality`` compares mean(g_hat) with g: bias z-scores and
      p-values in scale and in direction (after the least-squares multiple of g), cosine, the
-     relative errors and the estimator's variance.
+     relative errors and the estimator's variance: ``grad_var_rel`` = E||g_hat - E g_hat||^2 /
+     ||g||^2, ``grad_mse_rel`` = E||g_hat - g||^2 / ||g||^2 and the scale-free
+     ``grad_var_rel_dir`` = grad_var_rel / fit_scale^2, each with its standard error ``_se``
+     (the advantage-variance protocol compares them across ``loss.adv_baseline`` /
+     ``loss.adv_scale``).
 
-What theory predicts (tests/test_gradient.py checks each): on-policy with a leave-one-out
-baseline, no std scaling and "seq-mean-token-sum", E[g_hat] = g; the group-mean baseline gives
-(G - 1)/G g (the sample's own reward is in its baseline); std scaling re-weights start states and
-per-episode length normalisation re-weights episodes, both biasing the direction. Off-policy,
-only the untruncated sequence weight is unbiased (E_mu[W f(tau)] = E_pi[f(tau)]); token weights,
-truncation and clipping are not.
+What theory predicts (tests/test_gradient.py checks each): on-policy with no baseline
+(REINFORCE, Williams 1992) or a leave-one-out baseline (Kool et al. 2019), no std scaling and
+"seq-mean-token-sum", E[g_hat] = g, the baseline changing only the variance; the group-mean
+baseline gives (G - 1)/G g (the sample's own reward is in its baseline); std scaling (GRPO, arXiv
+2402.03300) re-weights start states and per-episode length normalisation re-weights episodes,
+both biasing the direction. Off-policy, only the untruncated sequence weight is unbiased
+(E_mu[W f(tau)] = E_pi[f(tau)]); token weights, truncation and clipping are not.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 loop's metrics and determinism, the behaviour-policy mismatch, the warm-start cache, the probe KL
 against sampled estimators, learning on 2-digit addition, and torchrun DDP == one process."""
 
+import copy
 import json
 import os
 import subprocess
@@ -42,6 +43,17 @@ def test_config_rejects_bad_values_naming_the_field():
         LMGRPOConfig(loss="ppo")
     with pytest.raises(ValidationError, match="sampler"):
         LMGRPOConfig(sampler="float16")
+
+
+def test_config_rejects_a_correction_without_a_weight_to_pi():
+    """pi / mu exists only between the tempered distributions: a nucleus sampler (top_p < 1) has
+    no mass on pi's tail and a greedy one is a point mass, so a correction is rejected there."""
+    with pytest.raises(ValidationError, match=r"correction='token' needs top_p == 1.*top_p=0.9"):
+        LMGRPOConfig(correction="token", sampler="bfloat16", top_p=0.9)
+    with pytest.raises(ValidationError, match="correction='sequence' needs temperature > 0"):
+        LMGRPOConfig(correction="sequence", temperature=0.0)
+    LMGRPOConfig(correction="token", temperature=0.7)  # a tempered sampler is corrected exactly
+    LMGRPOConfig(correction="none", top_p=0.9, temperature=0.0)  # no weight: sampling only
 
 
 def test_bad_input_is_caught_before_training(tmp_path):
@@ -99,6 +111,36 @@ def test_behaviour_mismatch_gives_importance_weights_away_from_one():
     assert b is not stale.model
     params = zip(b.parameters(), stale.model.parameters(), strict=True)
     assert any(not torch.equal(p, q) for p, q in params)
+
+
+def test_trainer_scores_the_tempered_policy_it_samples_from():
+    """temperature 0.5: mu (Rollout.logprobs) and pi_old (the trainer's score) are both
+    log softmax(z / 0.5) of the sampled tokens, checked against a float64 copy of the model one
+    unpadded row at a time; so the current sampler's importance weight is 1 and the ratio at
+    theta_old compares the distribution that was sampled."""
+    tau = 0.5
+    cfg = LMGRPOConfig(**{**FAST, "iterations": 1}, temperature=tau, correction="token")
+    tr = LMGRPOTrainer(FMT, cfg)
+    assert tr.pi_temperature == tau
+    (ro, _), *_ = tr.rollout(0, tr.model)["parts"]
+    m = ro.completion_mask
+    with torch.no_grad():
+        old_logp, _ = tr.score(tr.model, ro.input_ids, ro.attention_mask, ro.prompt_len)
+    torch.testing.assert_close(old_logp[m], ro.logprobs[m], atol=1e-5, rtol=0)  # w = 1
+    ref = copy.deepcopy(tr.model).double()
+    raw_gap = 0.0
+    for i in range(ro.input_ids.shape[0]):
+        toks = ro.input_ids[i][ro.attention_mask[i].bool()]
+        n = len(toks) - int(m[i].sum())  # prompt tokens of row i
+        with torch.no_grad():
+            z = ref(input_ids=toks[None]).logits[0, n - 1 : -1]  # (T_i, V)
+        want = torch.log_softmax(z / tau, -1).gather(-1, toks[n:, None])[:, 0]
+        torch.testing.assert_close(ro.logprobs[i, : len(want)].double(), want, atol=2e-5, rtol=0)
+        raw = torch.log_softmax(z, -1).gather(-1, toks[n:, None])[:, 0]
+        raw_gap = max(raw_gap, float((raw - want).abs().max()))
+    assert raw_gap > 0.1  # the raw logits give other numbers: the weight would not be pi / mu
+    metrics = tr.update(0)
+    assert torch.isfinite(metrics["probe_kl"]).all() and torch.isfinite(metrics["pg_loss"]).all()
 
 
 def test_warm_start_is_trained_once_and_reused(tmp_path):

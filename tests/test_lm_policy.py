@@ -17,6 +17,7 @@ from grpo_lab.policies.lm import (
     probe_kl,
     repeat_prompts,
     sample,
+    sampling_logprobs,
     save_model,
     token_logprobs,
     token_logprobs_and_entropy,
@@ -166,7 +167,8 @@ def test_token_logprobs_of_a_bf16_model_are_float32():
     torch.testing.assert_close(rescored, r.logprobs, atol=0.05, rtol=0.0)
 
 
-def test_probe_kl_matches_direct_double_loop():
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_probe_kl_matches_direct_double_loop(temperature):
     old, new = sharp_model(seed=0), sharp_model(seed=1)
     ids, mask = left_pad(PROMPTS)
     start = 2
@@ -179,11 +181,11 @@ def test_probe_kl_matches_direct_double_loop():
             prefix = valid_tokens(ids[:, :t], mask[:, :t], i)
             if not sel[i, t - start] or not prefix:  # masked, or a first token: not scored
                 continue
-            p = torch.softmax(last_logits_alone(ref_old, prefix), -1).tolist()
-            q = torch.softmax(last_logits_alone(ref_new, prefix), -1).tolist()
+            p = torch.softmax(last_logits_alone(ref_old, prefix) / temperature, -1).tolist()
+            q = torch.softmax(last_logits_alone(ref_new, prefix) / temperature, -1).tolist()
             total += sum(pv * math.log(pv / qv) for pv, qv in zip(p, q, strict=True))
             count += 1
-    got = probe_kl(old, new, ids, mask, start=start, mask=sel)
+    got = probe_kl(old, new, ids, mask, start=start, mask=sel, temperature=temperature)
     assert got.dim() == 0 and got.dtype == torch.float64
     assert got.item() == pytest.approx(total / count, rel=1e-5)
     assert got.item() > 0
@@ -208,6 +210,39 @@ def test_top_p_filter_hand_worked():
     assert torch.equal(top_p_filter(batch, 0.8)[1, 1], top_p_filter(logits.flip(0), 0.8))
     with pytest.raises(ValueError, match="top_p"):
         top_p_filter(logits, 0.0)
+
+
+def test_sampling_logprobs_hand_worked():
+    """q = softmax(z / tau) renormalised on its nucleus, worked by hand on 4 tokens."""
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3], dtype=torch.float64)
+    logits = probs.log()
+    # tau = 0.5 squares the probabilities: 0.0225, 0.25, 0.0025, 0.09 (sum 0.365), i.e.
+    # 0.062, 0.685, 0.007, 0.247; top_p = 0.9 keeps 0.685 + 0.247 = 0.932 >= 0.9: tokens 1 and 3
+    got = sampling_logprobs(logits, temperature=0.5, top_p=0.9)
+    inf = float("inf")
+    want = torch.tensor(
+        [-inf, math.log(0.25 / 0.34), -inf, math.log(0.09 / 0.34)], dtype=torch.float64
+    )
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    # tau = 2, no nucleus: sqrt(p) / sum sqrt(p)
+    root = probs.sqrt()
+    torch.testing.assert_close(sampling_logprobs(logits, 2.0), (root / root.sum()).log())
+    # defaults: the raw log_softmax; greedy: a point mass on the argmax
+    torch.testing.assert_close(sampling_logprobs(logits), torch.log_softmax(logits, -1))
+    assert sampling_logprobs(logits, 0.0).tolist() == [-inf, 0.0, -inf, -inf]
+    with pytest.raises(ValueError, match="temperature"):
+        sampling_logprobs(logits, -1.0)
+
+
+def test_sampling_logprobs_match_an_independent_nucleus():
+    """Random (B, V) logits: sampling_logprobs against torch.softmax and an explicit sort."""
+    z = torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    for temperature, top_p in [(0.7, 0.75), (1.3, 0.5), (1.0, 1.0)]:
+        got = sampling_logprobs(z, temperature, top_p)
+        for i in range(z.shape[0]):
+            want = torch.tensor(nucleus_reference(z[i], temperature, top_p), dtype=z.dtype).log()
+            torch.testing.assert_close(got[i], want, rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -240,6 +275,7 @@ def test_greedy_sample_equals_uncached_greedy_with_eos():
         assert r.completion_mask[i].tolist() == [True] * len(w) + [False] * (T - len(w))
     assert torch.equal(r.attention_mask, torch.cat([mask, r.completion_mask.long()], dim=-1))
     assert torch.all(r.logprobs[~r.completion_mask] == 0)
+    assert torch.all(r.logprobs[r.completion_mask] == 0)  # greedy: log 1 of a point mass
 
 
 def test_sample_logprobs_equal_rescoring_and_seeding():
@@ -255,8 +291,11 @@ def test_sample_logprobs_equal_rescoring_and_seeding():
         assert bool((r.completions[i, :n] == EOS).any()) == (n < r.completions.shape[1])
         assert torch.all(r.completions[i, n:] == PAD)
     with torch.no_grad():
-        rescored = token_logprobs(model, r.input_ids, r.attention_mask, start=r.prompt_len)
+        score = dict(start=r.prompt_len, temperature=0.8, top_p=0.9)
+        rescored = token_logprobs(model, r.input_ids, r.attention_mask, **score)
+        raw = token_logprobs(model, r.input_ids, r.attention_mask, start=r.prompt_len)
     torch.testing.assert_close(rescored, r.logprobs, atol=1e-5, rtol=1e-5)
+    assert (raw - r.logprobs).abs().max() > 0.05  # the raw logits are not what was sampled
     again = sample(model, ids, mask, generator=torch.Generator().manual_seed(3), **kw)
     other = sample(model, ids, mask, generator=torch.Generator().manual_seed(4), **kw)
     assert torch.equal(again.input_ids, r.input_ids) and torch.equal(again.logprobs, r.logprobs)
@@ -286,6 +325,47 @@ def nucleus_reference(logits: torch.Tensor, temperature: float, top_p: float) ->
     if top_p < 1.0:
         assert all(abs(top_p - m) > 1e-3 for m in (mass, mass - p[kept[-1]]))  # not a boundary
     return [p[v] / mass if v in kept else 0.0 for v in range(len(p))]
+
+
+def test_rollout_logprobs_are_the_tempered_nucleus_distribution():
+    """Rollout.logprobs (the behaviour log mu of an importance weight) are log q_{tau,p} of the
+    distribution each token was drawn from: checked token by token against a float64 copy of
+    the model, one unpadded row at a time, with an explicit sort for the nucleus; the entropy
+    of the scored distribution too, and finite gradients through the -inf of the nucleus."""
+    model = sharp_model()
+    ref = copy.deepcopy(model).double()
+    temperature, top_p, steps = 0.7, 0.8, 4
+    ids, mask = repeat_prompts(*left_pad(PROMPTS), 2)
+    g = torch.Generator().manual_seed(5)
+    r = sample(model, ids, mask, max_new_tokens=steps, eos_id=EOS, pad_id=PAD,
+               temperature=temperature, top_p=top_p, generator=g)  # fmt: skip
+    checked = differs = 0
+    for i in range(ids.shape[0]):
+        prefix = valid_tokens(ids, mask, i)
+        for t in range(int(r.lengths[i])):
+            q = nucleus_reference(last_logits_alone(ref, prefix), temperature, top_p)
+            tok = int(r.completions[i, t])
+            assert q[tok] > 0  # a sampled token is inside the nucleus
+            assert r.logprobs[i, t].item() == pytest.approx(math.log(q[tok]), abs=2e-5)
+            raw = torch.log_softmax(last_logits_alone(ref, prefix), -1)[tok].item()
+            differs += abs(raw - math.log(q[tok])) > 1e-3  # the raw log_softmax is not log mu
+            prefix.append(tok)
+            checked += 1
+    assert checked >= 2 * len(PROMPTS) and differs >= checked // 2
+    # scoring with the same settings: the same numbers, an entropy of q, finite gradients
+    logp, ent = token_logprobs_and_entropy(
+        model, r.input_ids, r.attention_mask, start=r.prompt_len, temperature=temperature,
+        top_p=top_p,
+    )  # fmt: skip
+    torch.testing.assert_close(logp, r.logprobs, atol=1e-5, rtol=1e-5)
+    toks = valid_tokens(r.input_ids, r.attention_mask, 0)
+    n = len(toks) - r.completions.shape[1]
+    q = torch.tensor(nucleus_reference(last_logits_alone(ref, toks[:n]), temperature, top_p))
+    want_ent = -sum(float(v * v.log()) for v in q if v > 0)
+    assert ent[0, 0].item() == pytest.approx(want_ent, abs=2e-5)
+    (logp.sum() + ent.sum()).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
 
 
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.75)])

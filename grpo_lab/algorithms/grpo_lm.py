@@ -13,7 +13,8 @@ One iteration, read top to bottom:
      KV cache (``grpo_lab.policies.lm.sample``).
   2. Rewards R_i from the task's verifier; group advantages A_i (``loss``'s baseline and scale).
   3. log pi_old of every completion token recomputed by the trainer in float32; importance
-     weights w = pi_old / mu per ``correction`` (token or sequence, truncated at ``is_cap``).
+     weights w = pi_old / mu per ``correction`` (token or sequence, truncated at ``is_cap``), mu
+     the log-probability each token was drawn with (``Rollout.logprobs``).
   4. ``epochs`` x ``minibatches``: loss = sum_t w_agg * w_IS * l_clip(r_t, A_i) (+ beta KL to
      pi_ref, - ent_coef H), the surrogate and aggregation of ``loss`` (grpo_lab.losses);
      gradient clipping at ``max_grad_norm``; AdamW with a learning-rate schedule.
@@ -22,6 +23,33 @@ One iteration, read top to bottom:
      KL(pi_old || pi_theta) on the probe batch (``probe_kl``). Per iteration: reward mean/std, the
      fraction of groups with zero reward variance, response length, entropy, rollout and update
      time with tokens per second; the eval accuracy every ``eval_every`` iterations.
+
+The policy pi and the temperature. The trainer's policy is the TEMPERED one,
+
+    pi_theta(v | y_<t) = softmax(z_theta,t / tau)_v,    tau = ``temperature`` (greedy 0: tau = 1),
+
+in every log-probability of the loss and the instrumentation: pi_theta, pi_old, pi_ref, the
+entropy bonus, the ratio audit and ``probe_kl``. Reasons: (i) an importance weight must be
+pi / mu of the distributions actually sampled from (``importance_weights``; IMPALA, arXiv
+1802.01561 eq. 1), and mu samples softmax(z_mu / tau); with the raw log_softmax(z) on both sides
+the weight of a ``sampler = "current"`` run is 1 but compares two distributions nobody sampled
+from, and for the bf16 / stale samplers it is the raw-logit ratio, not pi / mu. (ii) The on-policy
+ratio r = pi_theta / pi_old compares the same family in numerator and denominator either way
+(raw / raw before, tempered / tempered now), so r = 1 at theta = theta_old in both; but the
+samples come from the tempered pi_old, and the PPO surrogate's gradient at theta_old,
+E_{y ~ pi_old}[A grad log pi_theta(y)] (arXiv 1707.06347 eq. 7), is the policy gradient of the
+expected reward only when pi_theta is the sampled distribution: with raw log-probs it is
+E_{softmax(z/tau)}[A (grad z_y - E_{softmax(z)} grad z)], the gradient of neither the raw nor
+the tempered objective. Tempered log-probs make it (1/tau) E_q[A (grad z_y - E_q grad z)] =
+grad E_{q_theta}[R] (top_p = 1), and the clip range and the k3 KL estimates (sampled from pi_old) then refer
+to the sampled distribution. (At tau = 1 nothing changes.)
+
+Top-p is sampling-only: pi stays the un-truncated tempered policy, because the nucleus of
+pi_theta moves with theta (a sampled token can leave it: log pi_theta = -inf) and the truncated
+mu has no mass on pi's tail, so no weight pi / mu is an unbiased correction. Hence
+``correction`` != "none" requires ``top_p == 1`` (and ``temperature > 0``: greedy mu is a point
+mass), checked by the config; with ``correction = "none"`` a top_p < 1 run keeps the usual
+nucleus bias (tail tokens are never sampled, only pushed down through the normaliser).
 
 Distributed: under ``torchrun`` (``torch.distributed`` initialised; gloo on CPU, nccl on GPU) the
 model is wrapped in DistributedDataParallel and the global batch is split across ranks by
@@ -112,6 +140,7 @@ class LMGRPOConfig(BaseModel):
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+    # sampling; the trainer's pi is softmax(z / temperature) (module docstring); top_p samples only
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1)  # default: the task's longest answer + EOS
@@ -142,6 +171,19 @@ class LMGRPOConfig(BaseModel):
         if self.is_cap is not None and self.correction == "none":
             raise ValueError(
                 "is_cap truncates importance weights: set correction to token/sequence"
+            )
+        if self.correction != "none" and self.top_p < 1.0:
+            raise ValueError(
+                f"correction={self.correction!r} needs top_p == 1, got top_p={self.top_p}: the "
+                "weight pi/mu must be between the distributions sampled from, and a nucleus "
+                "sampler has no mass on the tail of pi = softmax(z / temperature); set top_p=1 "
+                "or correction='none'"
+            )
+        if self.correction != "none" and self.temperature == 0.0:
+            raise ValueError(
+                f"correction={self.correction!r} needs temperature > 0, got temperature=0 "
+                "(greedy: mu is a point mass, pi/mu is no correction); set temperature > 0 or "
+                "correction='none'"
             )
         if self.loss.advantage != "group":
             raise ValueError(
@@ -381,6 +423,20 @@ class LMGRPOTrainer:
     def evaluate(self) -> float:
         return accuracy(self.model, self.tok, self.task, self.eval, max_new_tokens=self.max_new)
 
+    @property
+    def pi_temperature(self) -> float:
+        """tau of the trainer's policy softmax(z / tau): ``temperature``, 1 when greedy."""
+        return self.cfg.temperature if self.cfg.temperature > 0.0 else 1.0
+
+    def score(
+        self, model: torch.nn.Module, ids: Tensor, am: Tensor, start: int
+    ) -> tuple[Tensor, Tensor]:
+        """log pi(y_t | y_<t) and H[pi(. | y_<t)] of the trainer's policy pi = softmax(z / tau)
+        (module docstring; tau = ``pi_temperature``) under ``model``: (B, L) -> (B, L - start)."""
+        return _lm().token_logprobs_and_entropy(
+            model, ids, am, start=start, temperature=self.pi_temperature
+        )
+
     # -- 1. rollouts
     def _shards(self) -> range:
         per_rank = self.cfg.rollout_shards // self.world
@@ -435,9 +491,7 @@ class LMGRPOTrainer:
         """Shapes: ids, am (B, L); mask, old_logp, ref_logp, is_w (B, T); adv (B,); counts (3,)
         = global (tokens, sequences, batch size) of this minibatch."""
         lc = self.cfg.loss
-        logp, ent = _lm().token_logprobs_and_entropy(
-            self.net, ids, am, start=start
-        )  # (B, T) float32
+        logp, ent = self.score(self.net, ids, am, start)  # (B, T) float32
         a = adv.to(logp.dtype).unsqueeze(-1).expand_as(logp)
         per_tok, ratio = clipped_surrogate(
             logp, old_logp, a, mask, lc.eps_low, lc.eps_high, lc.dual_clip, lc.ratio_level
@@ -475,15 +529,11 @@ class LMGRPOTrainer:
             adv = group_advantages(r, G, baseline=lc.adv_baseline, scale=lc.adv_scale)  # (p*G,)
             with torch.no_grad():
                 start = ro.prompt_len
-                old_logp, _ = _lm().token_logprobs_and_entropy(
-                    old, ro.input_ids, ro.attention_mask, start=start
-                )
-                ref_logp, _ = _lm().token_logprobs_and_entropy(
-                    self.ref, ro.input_ids, ro.attention_mask, start=start
-                )
+                old_logp, _ = self.score(old, ro.input_ids, ro.attention_mask, start)
+                ref_logp, _ = self.score(self.ref, ro.input_ids, ro.attention_mask, start)
             mask = ro.completion_mask
             is_w = None
-            if cfg.correction != "none":
+            if cfg.correction != "none":  # top_p == 1, tau > 0: mu = softmax(z_mu / tau)
                 is_w = importance_weights(old_logp - ro.logprobs, mask, cfg.correction, cfg.is_cap)
             batch.append((ro, r, adv.to(self.device), old_logp, ref_logp, is_w))
         rewards = torch.cat([b[1] for b in batch])
@@ -570,7 +620,7 @@ class LMGRPOTrainer:
         audits = []
         for ro, sl, adv, old_logp, ref_logp, _w in rows:
             ids, am, mask = ro.input_ids[sl], ro.attention_mask[sl], ro.completion_mask[sl]
-            logp, _ = _lm().token_logprobs_and_entropy(self.model, ids, am, start=ro.prompt_len)
+            logp, _ = self.score(self.model, ids, am, ro.prompt_len)
             ratio = torch.exp(torch.where(mask, logp - old_logp, 0.0))
             a = adv.to(logp.dtype).unsqueeze(-1).expand_as(logp)
             audit = ratio_metrics(logp, old_logp, ratio, a, mask, lc.eps_low, lc.eps_high)
@@ -592,12 +642,10 @@ class LMGRPOTrainer:
             vals = torch.stack([m[k].float().reshape(()).cpu() for m in step_metrics])
             out[k] = vals.mean().reshape(1)
         pi, pa, pm = self.probe
-        out["probe_kl"] = (
-            _lm()
-            .probe_kl(old, self.model, pi, pa, start=1, mask=pm[:, 1:].bool())
-            .float()
-            .reshape(1)
-        )
+        kl = _lm().probe_kl(
+            old, self.model, pi, pa, start=1, mask=pm[:, 1:].bool(), temperature=self.pi_temperature
+        )  # KL between the tempered policies (module docstring)
+        out["probe_kl"] = kl.float().reshape(1)
         out["loss"] = total.reshape(1).cpu()
         out["grad_norm"] = grad_norm.reshape(1).cpu()
         out["lr"] = torch.tensor([self.sched.get_last_lr()[0]])

@@ -15,11 +15,22 @@ so a left-padded row is scored exactly as the same row without padding. The poli
     pi_theta(y_t | y_<t) = softmax(z_t)_{y_t},    z_t = f_theta(y_<t) the raw logits (V,),
 
 and every log-probability here is log_softmax(z) in float32 (float64 for a float64 model),
-whatever the model's dtype.
+whatever the model's dtype. With a temperature tau > 0 and a nucleus mass p (``sample``'s
+``temperature`` / ``top_p``), tokens are drawn from
+
+    q_{tau,p}(v | y_<t) = softmax(z_t / tau)_v / sum_{u in N_t} softmax(z_t / tau)_u   (v in N_t),
+    q_{tau,p}(v | y_<t) = 0                                                       (v not in N_t),
+
+N_t the nucleus of softmax(z_t / tau) (``top_p_filter``); tau = 0 is greedy, a point mass on
+argmax z_t. ``sampling_logprobs`` gives log q_{tau,p}, ``Rollout.logprobs`` is log q_{tau,p} of
+each drawn token (the behaviour log-probability mu of an importance weight pi / mu, which must
+be the distribution actually sampled from), and ``token_logprobs`` scores any (tau, p); the
+defaults tau = 1, p = 1 are the raw policy pi_theta.
 
     build_model / save_model        a seeded model from TINY_CONFIGS, a saved directory or a config
     token_logprobs(_and_entropy)    log pi_theta(y_t | y_<t) (and its entropy H) for t >= start
     top_p_filter                    nucleus filtering (Holtzman et al., arXiv 1904.09751)
+    sampling_logprobs               log q_{tau,p}(v) of the sampling distribution, every token v
     sample                          batched sampling with a KV cache -> Rollout
     repeat_prompts                  G copies of each prompt, adjacent (one GRPO group)
     probe_kl                        exact full-vocabulary KL(pi_old || pi_new), averaged over tokens
@@ -230,45 +241,74 @@ def _next_token_logits(
 
 
 def _scored_logprobs(
-    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, start: int
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    start: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """log_softmax(z_t) (B, Tc, V), log-prob of y_t (B, Tc) and the scored positions (B, Tc)."""
+    """log q_{tau,p}(. | y_<t) (B, Tc, V) (log_softmax(z_t) at the defaults), log-prob of y_t
+    (B, Tc) and the scored positions (B, Tc)."""
+    _check_temperature_top_p(temperature, top_p)
     logits = _next_token_logits(model, input_ids, attention_mask, start)  # (B, Tc, V)
-    logp_all = torch.log_softmax(logits.to(compute_dtype(logits)), dim=-1)  # (B, Tc, V)
+    logp_all = sampling_logprobs(logits, temperature, top_p)  # (B, Tc, V)
     target = input_ids[:, start:].to(logits.device)  # (B, Tc)
     logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, Tc)
     return logp_all, logp, _scored(attention_mask, start).to(logits.device)
 
 
 def token_logprobs_and_entropy(
-    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, start: int
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    start: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """log pi_theta(y_t | y_<t) and H[pi_theta(. | y_<t)] for every t >= start.
 
         logp_{i,t} = log_softmax(z_{i,t})_{y_{i,t}},    H_{i,t} = -sum_v p_v log p_v
 
     from one forward pass with position ids from the attention mask (module docstring), so left
-    padding does not change the result. Shapes: input_ids, attention_mask (B, T) ->
-    (B, T - start) each, float32 (float64 for a float64 model), 0 where attention_mask[:, start:]
-    is 0 and at a row's first valid token (nothing to condition on). Differentiable in the
-    model's parameters (wrap in ``torch.no_grad()`` to score only).
+    padding does not change the result. With ``temperature`` tau / ``top_p`` p the scored
+    distribution is the sampling distribution q_{tau,p} (``sampling_logprobs``; 0 log 0 = 0 in H,
+    and a token outside the nucleus has logp = -inf); the defaults score pi_theta itself.
+    Shapes: input_ids, attention_mask (B, T) -> (B, T - start) each, float32 (float64 for a
+    float64 model), 0 where attention_mask[:, start:] is 0 and at a row's first valid token
+    (nothing to condition on). Differentiable in the model's parameters (wrap in
+    ``torch.no_grad()`` to score only).
     """
-    logp_all, logp, valid = _scored_logprobs(model, input_ids, attention_mask, start)
-    entropy = -(logp_all.exp() * logp_all).sum(dim=-1)  # (B, Tc)
+    logp_all, logp, valid = _scored_logprobs(
+        model, input_ids, attention_mask, start, temperature, top_p
+    )
+    finite = logp_all
+    if top_p < 1.0 or temperature == 0.0:  # 0 log 0 = 0 outside the support (-inf there)
+        finite = torch.where(logp_all.isneginf(), 0.0, logp_all)
+    entropy = -(logp_all.exp() * finite).sum(dim=-1)  # (B, Tc)
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     return torch.where(valid, logp, zero), torch.where(valid, entropy, zero)
 
 
 def token_logprobs(
-    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, start: int
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    start: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> Tensor:
     """log pi_theta(y_t | y_<t) = log_softmax(z_t)_{y_t} for t >= start: (B, T) -> (B, T - start).
 
-    float32 (float64 for a float64 model) whatever the model dtype; 0 where
+    With ``temperature`` tau / ``top_p`` p: log q_{tau,p}(y_t | y_<t) of the sampling
+    distribution (``sampling_logprobs``), what ``sample`` with the same settings records in
+    ``Rollout.logprobs``. float32 (float64 for a float64 model) whatever the model dtype; 0 where
     attention_mask[:, start:] is 0 and at a row's first valid token. See
     ``token_logprobs_and_entropy``.
     """
-    _, logp, valid = _scored_logprobs(model, input_ids, attention_mask, start)
+    _, logp, valid = _scored_logprobs(model, input_ids, attention_mask, start, temperature, top_p)
     return torch.where(valid, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
 
@@ -280,6 +320,7 @@ def probe_kl(
     *,
     start: int,
     mask: Tensor | None = None,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Exact KL(pi_old || pi_new) over the full vocabulary, averaged over completion positions.
 
@@ -291,16 +332,21 @@ def probe_kl(
     Shapes: input_ids, attention_mask (B, T); mask (B, T - start) bool/0-1, default
     attention_mask[:, start:], always restricted to tokens with a prefix (w = 0 at padding and at
     a row's first valid token) -> scalar float64 on model_old's device. Differentiable in both
-    models' parameters (wrap in ``torch.no_grad()`` for a probe).
+    models' parameters (wrap in ``torch.no_grad()`` for a probe). ``temperature`` tau > 0: the
+    KL between the tempered policies softmax(z / tau) (default 1: the raw ones).
     """
+    if not temperature > 0.0:
+        raise ValueError(f"temperature must be > 0 for probe_kl, got {temperature}")
     w = attention_mask[:, start:] if mask is None else mask
     if w.shape != (input_ids.shape[0], input_ids.shape[1] - start):
         raise ValueError(f"mask must be (B, T - start), got shape {tuple(w.shape)}")
     lp_old = torch.log_softmax(
-        _next_token_logits(model_old, input_ids, attention_mask, start).double(), dim=-1
+        _next_token_logits(model_old, input_ids, attention_mask, start).double() / temperature,
+        dim=-1,
     )  # (B, Tc, V)
     lp_new = torch.log_softmax(
-        _next_token_logits(model_new, input_ids, attention_mask, start).double(), dim=-1
+        _next_token_logits(model_new, input_ids, attention_mask, start).double() / temperature,
+        dim=-1,
     ).to(lp_old.device)  # (B, Tc, V)
     kl = (lp_old.exp() * (lp_old - lp_new)).sum(dim=-1)  # (B, Tc)
     w = w.to(kl.device).bool() & _scored(attention_mask, start).to(kl.device)  # (B, Tc)
@@ -334,6 +380,41 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
+def _check_temperature_top_p(temperature: float, top_p: float) -> None:
+    if not temperature >= 0.0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _sampling_logits(logits: Tensor, temperature: float, top_p: float) -> Tensor:
+    """top_p_filter(z / tau, top_p) in float32 or wider, tau > 0: (..., V) -> (..., V)."""
+    return top_p_filter(logits.to(compute_dtype(logits)) / temperature, top_p)
+
+
+def sampling_logprobs(logits: Tensor, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    """log q_{tau,p}(v) of the distribution ``sample`` draws from, every token v: (..., V) -> (..., V).
+
+        q_{tau,p} = softmax(top_p_filter(z / tau, p))      tau > 0
+        q_{0,p}   = one_hot(argmax z)                       tau = 0 (greedy)
+
+    i.e. the tempered policy softmax(z / tau) renormalised on its nucleus N (Holtzman et al.,
+    arXiv 1904.09751 §3.1: p'(v) = p(v) / sum_{u in N} p(u) on N, 0 elsewhere); tau and p apply
+    in that order, as in ``transformers`` generate. This, and not log_softmax(z), is the
+    behaviour log-probability log mu an importance weight pi / mu needs: the weight corrects
+    from the distribution the token was actually drawn from (IMPALA, arXiv 1802.01561 eq. 1).
+    -inf outside the support (outside N; every token but the argmax when greedy), so a sampled
+    token is always finite. float32 (float64 for float64 logits); differentiable in ``logits``
+    for tau > 0 (the nucleus set itself is piecewise constant), constant for tau = 0.
+    """
+    _check_temperature_top_p(temperature, top_p)
+    if temperature == 0.0:
+        z = logits.to(compute_dtype(logits))
+        out = torch.full_like(z, float("-inf"))
+        return out.scatter(-1, z.argmax(dim=-1, keepdim=True), 0.0)
+    return torch.log_softmax(_sampling_logits(logits, temperature, top_p), dim=-1)
+
+
 @dataclass
 class Rollout:
     """A batch of prompts with sampled completions (``sample``); B rows, P prompt, T completion.
@@ -341,11 +422,12 @@ class Rollout:
     input_ids        (B, P + T) long: left-padded prompt, then the completion, pad after EOS
     attention_mask   (B, P + T) long: the prompt's mask, then ``completion_mask``
     completion_mask  (B, T) bool: completion tokens up to and including EOS
-    logprobs         (B, T) float32 (float64 model: float64): log pi_theta(y_t | y_<t) of each
-                     sampled token under the model's RAW logits, log_softmax(z_t)_{y_t}, before
-                     temperature and top-p, i.e. what ``token_logprobs`` gives on this rollout
-                     (GRPO's pi_old); with temperature != 1 or top_p < 1 it is not the
-                     log-probability of the distribution the token was drawn from. 0 where masked
+    logprobs         (B, T) float32 (float64 model: float64): log q_{tau,p}(y_t | y_<t) of each
+                     sampled token under the distribution it was DRAWN from, temperature and
+                     top-p included (``sampling_logprobs``; 0 when greedy: a point mass), i.e.
+                     the behaviour log-probability log mu of an importance weight and what
+                     ``token_logprobs(..., temperature=tau, top_p=p)`` gives on this rollout; at
+                     tau = 1, p = 1 it is log_softmax(z_t)_{y_t}, the raw pi_theta. 0 where masked
     prompt_len       P
     lengths          (B,) long: completion lengths incl. EOS, completion_mask.sum(-1)
     """
@@ -372,16 +454,20 @@ def _check_left_padded(input_ids: Tensor, attention_mask: Tensor) -> None:
 
 def _draw(
     logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> Tensor:
-    """One token per row from softmax(top_p_filter(z / temperature)); argmax if temperature 0.
+) -> tuple[Tensor, Tensor]:
+    """One token per row from q = softmax(top_p_filter(z / temperature)), argmax if temperature
+    0, and log q of the drawn token (``sampling_logprobs``, from the same filtered logits).
 
-    Shapes: logits (B, V) -> (B,) long. The only randomness is ``generator``.
+    Shapes: logits (B, V) -> (B,) long, (B,) float32 (float64 logits: float64). The only
+    randomness is ``generator``.
     """
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    z = logits.to(compute_dtype(logits)) / temperature  # (B, V)
-    probs = torch.softmax(top_p_filter(z, top_p), dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tok = logits.argmax(dim=-1)
+        return tok, torch.zeros(tok.shape, dtype=compute_dtype(logits), device=tok.device)
+    z = _sampling_logits(logits, temperature, top_p)  # (B, V)
+    tok = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator).squeeze(-1)
+    logq = torch.log_softmax(z, dim=-1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)  # (B,)
+    return tok, logq
 
 
 def _check_sample_args(
@@ -389,10 +475,7 @@ def _check_sample_args(
 ) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0.0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    _check_temperature_top_p(temperature, top_p)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and prompt_len + max_new_tokens > context:
         raise ValueError(
@@ -433,8 +516,9 @@ def sample(
     ``temperature = 0`` is greedy (argmax of z_t); otherwise temperature scales the logits before
     the nucleus filter (``top_p_filter``), as in ``transformers`` generate. Randomness comes only
     from ``generator`` (a ``torch.Generator`` on the model's device; None: torch's global one):
-    one generator state -> one rollout. ``Rollout.logprobs`` are log_softmax of the RAW logits
-    (see ``Rollout``). Dropout is not switched off here: ``build_model`` returns eval mode.
+    one generator state -> one rollout. ``Rollout.logprobs`` are the log-probabilities of the
+    distribution each token was drawn from, temperature and top-p included (see ``Rollout``).
+    Dropout is not switched off here: ``build_model`` returns eval mode.
 
     Shapes: input_ids, attention_mask (B, P), each mask row 0...0 1...1 -> Rollout with
     input_ids (B, P + T). Inputs are moved to the model's device; so is the result.
@@ -464,10 +548,9 @@ def sample(
     completion_mask = torch.zeros(batch, max_new_tokens, dtype=torch.bool, device=dev)
     steps = max_new_tokens
     for t in range(max_new_tokens):
-        tok = _draw(logits, temperature, top_p, generator)  # (B_a,)
-        logp_all = torch.log_softmax(logits.to(logprobs.dtype), dim=-1)  # (B_a, V)
+        tok, logq = _draw(logits, temperature, top_p, generator)  # (B_a,) each
         completion[rows, t] = tok
-        logprobs[rows, t] = logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+        logprobs[rows, t] = logq
         completion_mask[rows, t] = True
         running = tok != eos_id  # (B_a,)
         if t == max_new_tokens - 1 or not bool(running.any()):

@@ -1,7 +1,6 @@
 """Tests of grpo_lab/protocols.py: schema errors name the field path, grid expansion, and every
 verdict rule on synthetic data where the answer is known both ways."""
 
-
 import pytest
 
 from grpo_lab.protocols import ProtocolError, expand, find_protocols, load_protocol
@@ -97,3 +96,87 @@ def test_zipped_axis_sets_both_fields(tmp_path):
         (0.1, 0.1),
         (0.3, 0.3),
     }
+
+
+# ----------------------------------------------------------------------------- check (item 13)
+# Each fault used to crash only after the whole sweep had run; now load_protocol (and so
+# `grpo-lab check` and `grpo-lab run`) rejects it before anything runs, naming the field path.
+
+SWEEP = GOOD.replace(
+    'rule = "ratio-bound"',
+    'rule = "best-setting"\nparams = { axis = "cfg.loss.eps_low", claimed = 0.2 }',
+).replace(
+    'name = "bandit"\nkwargs = { k = 3, seed = 0 }', 'name = "gridworld"\nkwargs = { rows = 4 }'
+)
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        (  # a missing verdict param (was KeyError: 'axis' after the sweep)
+            'params = { axis = "cfg.loss.eps_low", claimed = 0.2 }',
+            "params = { claimed = 0.2 }",
+            r"verdict\.params\.axis: rule 'best-setting' needs it; parameters: \[",
+        ),
+        (  # the axis spelled as in the grid
+            'axis = "cfg.loss.eps_low"',
+            'axis = "loss.eps_low"',
+            r"verdict\.params\.axis: 'loss\.eps_low' is not a grid axis "
+            r"\(did you mean 'cfg\.loss\.eps_low'\?\)",
+        ),
+        (  # an environment kwarg typo
+            "kwargs = { rows = 4 }",
+            "kwargs = { row = 4 }",
+            r"env\.kwargs\.row: gridworld has no argument 'row' \(did you mean 'rows'\?\)",
+        ),
+        (  # a claimed value not on the grid
+            "claimed = 0.2",
+            "claimed = 0.25",
+            r"verdict\.params\.claimed: 0\.25 is not on the grid of cfg\.loss\.eps_low: \[0\.1, 0\.2\]",
+        ),
+        (  # a misspelt parameter
+            "claimed = 0.2 }",
+            "claimed = 0.2, scroe = 'return' }",
+            r"verdict\.params\.scroe: rule 'best-setting' has no parameter 'scroe' "
+            r"\(did you mean 'score'\?\)",
+        ),
+        (  # a bad environment value: the environment is built once at check time
+            "kwargs = { rows = 4 }",
+            "kwargs = { rows = -4 }",
+            r"env\.kwargs: gridworld: ",
+        ),
+    ],
+)
+def test_check_rejects_what_used_to_crash_after_the_sweep(tmp_path, old, new, match):
+    assert old in SWEEP
+    load_protocol(_write(tmp_path, SWEEP, "ok.toml"))  # the unchanged file is fine
+    with pytest.raises(ProtocolError, match=match):
+        load_protocol(_write(tmp_path, SWEEP.replace(old, new, 1)))
+
+
+def test_check_reports_every_error_at_once_and_labels(tmp_path):
+    text = SWEEP.replace("kwargs = { rows = 4 }", "kwargs = { row = 4 }").replace(
+        'axis = "cfg.loss.eps_low", claimed = 0.2', 'axis = "loss.eps_low", claimed = 0.2'
+    )
+    with pytest.raises(ProtocolError) as e:
+        load_protocol(_write(tmp_path, text))
+    msg = str(e.value)
+    assert msg.startswith("p.toml: 2 errors:") and "env.kwargs.row" in msg
+    assert "verdict.params.axis" in msg
+    labels = GOOD.replace(
+        'rule = "ratio-bound"', 'rule = "improvement"\nparams = { better = "grpo", worse = "ppo" }'
+    )
+    with pytest.raises(ProtocolError, match=r"verdict\.params\.worse: 'ppo' is not an algorithm"):
+        load_protocol(_write(tmp_path, labels))
+
+
+def test_cli_check_exits_2_before_anything_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from grpo_lab.cli import app
+
+    bad = _write(tmp_path, SWEEP.replace("claimed = 0.2", "claimed = 0.25"))
+    res = CliRunner().invoke(app, ["check", str(bad)])
+    assert res.exit_code == 2 and "verdict.params.claimed" in res.output
+    res = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and not (tmp_path / "out").exists()

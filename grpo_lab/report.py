@@ -111,7 +111,41 @@ def read_verdicts(out: str | Path) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    """Evidence as a reader wants it: numbers rounded to their precision. An interval
+    (point, low, high) keeps the decimals that give its width two significant digits; a single
+    number keeps 3 significant digits; lists, tuples and dicts are formatted element by element."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        x = float(v)
+        if not math.isfinite(x) or x == 0 or not 1e-3 <= abs(x) < 1e6:
+            return f"{x:.3g}"
+        return np.format_float_positional(x, precision=3, unique=False, fractional=False, trim="-")
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        nums = [x for x in v if isinstance(x, (float, np.floating))]
+        if len(v) in (2, 3) and len(nums) == len(v) and all(np.isfinite(nums)):
+            width = max(nums) - min(nums)
+            if width > 0:
+                d = max(0, min(12, 1 - int(np.floor(np.log10(width)))))
+                return "[" + ", ".join(f"{x:.{d}f}" for x in nums) + "]"
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _verdict_context(v: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines that say what a verdict answers and where: question, the hypothesis the rule
+    tested (not a finding), scope, and what the verdict does not show (empty ones left out)."""
+    names = (
+        ("question", "Question"),
+        ("hypothesis", "Hypothesis tested"),
+        ("scope", "Scope"),
+        ("not_shown", "Does not show"),
+    )
+    return [(label, str(v[k])) for k, label in names if v.get(k)]
 
 
 # ----------------------------------------------------------------------------- sweep data
@@ -1443,7 +1477,11 @@ def render_markdown(
             "",
             f"> {v['claim']}",
             "",
+            f"**Answer:** {v['summary']}",
+            "",
         ]
+        lines += [f"**{label}:** {text}\n" for label, text in _verdict_context(v)]
+        lines += ["**Evidence:**", ""]
         lines += [f"- {k}: {_fmt(x)}" for k, x in v["evidence"].items()]
         sec = (sections or {}).get(v["sweep"])
         if sec is None:
@@ -1550,6 +1588,8 @@ def render_html(verdicts: list[dict[str, Any]], sections: dict[str, Section] | N
             f'<section id="{_anchor(v["sweep"])}">',
             f'<h2>{_h(v["protocol"])} ({_h(v["sweep"])}): <span class="{st}">{st}</span></h2>',
             f"<blockquote>{_h(v['claim'])}</blockquote>",
+            f"<p><b>Answer:</b> {_h(v['summary'])}</p>",
+            *(f"<p><b>{_h(lab)}:</b> {_h(t)}</p>" for lab, t in _verdict_context(v)),
             "<h3>Evidence</h3>",
             "<table><tbody>"
             + "".join(

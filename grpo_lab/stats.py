@@ -3,7 +3,12 @@
 The definitions are those of rliable (Agarwal et al. 2021, "Deep Reinforcement Learning at the Edge
 of the Statistical Precipice", arXiv 2108.13264): stratified bootstrap intervals (§4.1), run-score
 performance profiles (§4.2), IQM / mean / median / optimality gap (§4.3) and the probability of
-improvement (§4.4).
+improvement (§4.4). The interval of the probability of improvement is analytic by default
+(Newcombe 2006's method 5, its variance inflated by DeLong 1988's where larger), since the
+bootstrap intervals cover far below their level at the 4-5 runs per algorithm of the comparison
+protocols (at 5 vs 5 the percentile one covers 90% at P = 1/2 and 69% at P = 0.9);
+``simulate_improvement_ci``, ``improvement_power`` and ``min_runs_for_coverage`` measure any of
+the intervals by simulation.
 
 Shapes: ``scores`` is (R,) or (R, K) with R runs (seeds) and K tasks (environments, problems); a
 (R,) array is one task, read as (R, 1). Comparisons take a dict ``algorithm -> scores`` whose
@@ -25,6 +30,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,10 +43,13 @@ Kernel = Callable[[Sequence[np.ndarray], float], np.ndarray]
 STATISTICS: Registry[Kernel] = Registry("statistic")
 
 METHODS = ("percentile", "bca")
+# intervals of P(X > Y): two analytic ones (the first the default), then the bootstrap METHODS
+IMPROVEMENT_METHODS = ("newcombe-delong", "newcombe", *METHODS)
 MIN_REPS = 100
 # Resampled scores held in memory per bootstrap batch. The batch size depends only on the data's
 # size, so a fixed seed gives the same resamples on every call with data of that size.
 _BATCH_ELEMENTS = 2**18
+_BISECTIONS = 52  # halvings of [0, 1] for the score interval's ends: 2^-52 ~ 2e-16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +150,13 @@ def _as_scores(name: str, x: object) -> np.ndarray:
     return a.reshape(-1, 1) if a.ndim == 1 else a
 
 
-def _check_bootstrap_args(reps: object, confidence: object, seed: object, method: object) -> str:
+def _check_bootstrap_args(
+    reps: object,
+    confidence: object,
+    seed: object,
+    method: object,
+    methods: Sequence[str] = METHODS,
+) -> str:
     if isinstance(reps, bool) or not isinstance(reps, numbers.Integral) or reps < MIN_REPS:
         raise ValueError(f"reps must be an integer >= {MIN_REPS}, got {reps!r}")
     if (
@@ -155,8 +170,8 @@ def _check_bootstrap_args(reps: object, confidence: object, seed: object, method
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"seed must be an integer (or None for fresh entropy), got {seed!r}")
     m = method.lower() if isinstance(method, str) else method
-    if m not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if m not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(methods)}")
     return m
 
 
@@ -401,6 +416,67 @@ def stratified_bootstrap_ci(
     return _out(point), _out(low), _out(high)
 
 
+def _newcombe_variance(theta: np.ndarray, m: int, n: int) -> np.ndarray:
+    """Var(U / mn) at P(X > Y) = theta under Newcombe's (2006) method 5: Hanley & McNeil's (1982)
+    variance with both sample sizes replaced by their mean, m* = n* = (m + n) / 2. Concave in
+    theta for m + n <= 10 and nearly so above (see ``_score_interval``)."""
+    c = (m + n) / 2.0 - 1.0
+    return (
+        theta * (1 - theta) / (m * n) * (1 + c * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+    )
+
+
+def _score_interval(
+    t: np.ndarray, scale: np.ndarray, m: int, n: int, z: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The theta in [0, 1] with (theta - t)^2 <= z^2 scale V5(theta), V5 = ``_newcombe_variance``.
+
+    f(theta) = (theta - t)^2 - z^2 scale V5(theta) has f(0) = t^2 >= 0, f(t) <= 0, f(1) >= 0,
+    so bisection on [0, t] and [t, 1] finds an end on each side. The set is one interval when f
+    is convex: V5'' <= (N/4 - 5/2) / (m n) (the bracket's theta (1 - theta) [...] has second
+    derivative <= 1/2), so f'' = 2 - z^2 scale V5'' > 0 unless scale exceeds ~n / K at m = n and
+    95%; the inflated scale is r / K with r <= 1.83 in all simulations here. Elementwise over t.
+    """
+
+    def f(th: np.ndarray) -> np.ndarray:
+        return (th - t) ** 2 - z * z * scale * _newcombe_variance(th, m, n)
+
+    lo_out, lo_in = np.zeros_like(t), t.copy()  # f(lo_out) >= 0 >= f(lo_in)
+    hi_in, hi_out = t.copy(), np.ones_like(t)
+    for _ in range(_BISECTIONS):
+        mid = 0.5 * (lo_out + lo_in)
+        out = f(mid) > 0
+        lo_out, lo_in = np.where(out, mid, lo_out), np.where(out, lo_in, mid)
+        mid = 0.5 * (hi_in + hi_out)
+        out = f(mid) > 0
+        hi_out, hi_in = np.where(out, mid, hi_out), np.where(out, hi_in, mid)
+    return lo_in, hi_in
+
+
+def _improvement_analytic(
+    x: np.ndarray, y: np.ndarray, confidence: float, inflate: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P(X > Y) with the "newcombe" (inflate False) or "newcombe-delong" interval.
+
+    Shapes: x (..., m, K), y (..., n, K), the same leading batch -> (point, low, high), each (...).
+    """
+    m, n, k = x.shape[-2], y.shape[-2], x.shape[-1]
+    xi, yj = x[..., :, None, :], y[..., None, :, :]
+    s = (xi > yj) + 0.5 * (xi == yj)  # (..., m, n, K): S(x_i, y_j) on each task
+    t = s.mean(axis=(-3, -2)).mean(axis=-1)  # (...)
+    z = float(sps.norm.ppf(0.5 + confidence / 2))
+    model = _newcombe_variance(t, m, n) / k  # K tasks with one theta: the mean's variance
+    scale = np.full_like(t, 1.0 / k)
+    if inflate:
+        v10 = s.mean(axis=-2)  # (..., m, K): each x_i's placement among the y (DeLong's V10)
+        v01 = s.mean(axis=-3)  # (..., n, K)
+        delong = (v10.var(axis=-2, ddof=1) / m + v01.var(axis=-2, ddof=1) / n).sum(axis=-1) / k**2
+        ratio = np.divide(delong, model, out=np.ones_like(t), where=model > 0)
+        scale = scale * np.maximum(ratio, 1.0)
+    low, high = _score_interval(t, scale, m, n, z)
+    return t, low, high
+
+
 def probability_of_improvement_ci(
     scores_x: np.ndarray,
     scores_y: np.ndarray,
@@ -408,13 +484,86 @@ def probability_of_improvement_ci(
     reps: int = 2000,
     confidence: float = 0.95,
     seed: int | None = 0,
-    method: str = "percentile",
+    method: str = "newcombe-delong",
 ) -> tuple[float, float, float]:
-    """P(X > Y) (see ``probability_of_improvement``) with a stratified-bootstrap interval (§4.4).
+    """P(X > Y) (see ``probability_of_improvement``) with a confidence interval (§4.4).
 
-    The runs of X and of Y are resampled independently within each task (2K strata), as rliable's
-    ``StratifiedIndependentBootstrap`` does for paired comparisons; intervals as in
-    ``stratified_bootstrap_ci``.
+    With theta-hat the point estimate (the task mean of U_k / (m n)), z the normal quantile of
+    (1 + confidence) / 2, K tasks, m runs of X and n of Y per task:
+
+    method="newcombe-delong" (default): Newcombe's method 5 with its variance inflated where the
+    data show more spread than it assumes. Newcombe (2006, "Confidence intervals for an effect size
+    measure based on the Mann-Whitney statistic. Part 2", Stat. Med. 25:559, doi:10.1002/sim.2324)
+    method 5 is the score-type interval
+        {theta in [0, 1]: (theta - theta-hat)^2 <= z^2 r V5(theta) / K},
+        V5(theta) = theta (1 - theta) / (m n) [1 + (N/2 - 1) ((1 - theta) / (2 - theta)
+                                                              + theta / (1 + theta))],  N = m + n,
+    the Hanley & McNeil (1982, Radiology 143:29) variance with m* = n* = N/2 (method "newcombe":
+    r = 1). V5 is a model variance, close to the true one for shifted normals (5 vs 5 at theta
+    0.64: V5 0.0334, simulated variance 0.0334); with X much more spread than Y at theta = 1/2
+    the true variance tends to 3/2 V5, and method 5 covers about 91-94% however many runs
+    (table below). The inflation
+        r = max(1, V_DeLong / (V5(theta-hat) / K)),
+        V_DeLong = 1/K^2 sum_k [ s^2(V10_k) / m + s^2(V01_k) / n ],
+    with V10_ik = 1/n sum_j S(x_ik, y_jk), V01_jk = 1/m sum_i S(x_ik, y_jk) and s^2 the sample
+    variance (ddof 1), uses DeLong, DeLong & Clarke-Pearson's (1988, Biometrics 44:837)
+    consistent variance estimate where it exceeds method 5's, so the interval is asymptotically
+    valid for any pair of distributions; where V5 is the larger (shifts, ties), it is method 5.
+    The combination is this module's; its coverage is checked below and in tests/test_stats.py.
+    With K > 1 tasks both variances are of the task mean with one theta for all tasks (V5 is
+    concave in theta for N <= 10 and nearly so above, so per-task thetas that differ make this
+    conservative). Deterministic; ``reps`` and ``seed`` are unused.
+
+    Both analytic intervals lie in [0, 1], do not collapse when the runs separate completely
+    (theta-hat = 1: high = 1, low < 1), and are invariant under any increasing transform of the
+    scores (they depend on S only).
+
+    method="percentile" (rliable's) or "bca": the stratified bootstrap of
+    ``stratified_bootstrap_ci``: the runs of X and of Y are resampled independently within each
+    task (2K strata), as rliable's ``StratifiedIndependentBootstrap`` does. At few runs they
+    undercover: when the runs separate completely every resample gives theta-hat = 1, so the
+    interval is [1, 1] and misses any theta < 1.
+
+    Coverage of the 95% interval, simulated (K = 1 task, n = m runs per side; the analytic
+    methods by ``simulate_improvement_ci``, 4000 datasets a cell, standard error <= 0.0035; the
+    bootstrap ones 1000 datasets of 1000 resamples, standard error ~0.007, checked against the
+    public function at 5 vs 5). "shift": X ~ N(delta, 1), Y ~ N(0, 1); "sd 3:1": X ~ N(delta, 9);
+    "acc": accuracies on 16 items, Bin(16, 0.95) / 16 vs Bin(16, 0.8) / 16 (ties); "J/J*":
+    min(1, N(0.99, 0.05^2)) vs min(1, N(0.95, 0.05^2)) (7% of pairs tie at the ceiling 1):
+
+        case            method             4     5     8    10    16    20    30  runs per side
+        0.5 shift       newcombe-delong  .946  .957  .968  .967  .961  .954  .949
+                        newcombe         .946  .942  .949  .950  .952  .946  .945
+                        percentile       .924  .909  .942  .949  .942  .934  .956
+                        bca              .968  .966  .977  .972  .964  .954  .964
+        0.7 shift       newcombe-delong  .979  .979  .959  .964  .960  .955  .949
+                        newcombe         .952  .957  .955  .959  .954  .950  .945
+                        percentile       .851  .906  .914  .936  .936  .935  .943
+                        bca              .912  .959  .976  .972  .962  .958  .964
+        0.9 shift       newcombe-delong  .975  .972  .973  .968  .968  .968  .963
+                        newcombe         .954  .953  .959  .962  .966  .968  .962
+                        percentile       .578  .689  .809  .859  .899  .919  .939
+                        bca              .581  .688  .863  .925  .942  .959  .949
+        0.5 sd 3:1      newcombe-delong  .916  .949  .976  .964  .959  .951  .952
+                        newcombe         .916  .934  .938  .933  .936  .925  .932
+                        percentile       .896  .915  .935  .933  .952  .941  .943
+                        bca              .939  .958  .986  .972  .969  .956  .952
+        0.7 sd 5:1      newcombe-delong  .984  .973  .948  .948  .959  .951  .950
+                        newcombe         .927  .953  .926  .925  .917  .906  .906
+        0.904 acc       newcombe-delong  .969  .968  .967  .968  .971  .971  .971
+                        percentile       .686  .714  .788  .867  .885  .905  .907
+                        bca              .687  .743  .872  .915  .939  .947  .939
+        0.707 J/J*      newcombe-delong  .980  .984  .962  .967  .959  .957  .955
+                        percentile       .845  .899  .915  .926  .940  .934  .940
+
+    Fewest runs per side with >= 93% (confidence - 0.02) in every case above: "newcombe-delong"
+    5, and 4 for shifts and ties (at 4 vs 4 with sd 3:1, .916 at theta 1/2); "newcombe" 4 for
+    shifts and ties, none under unequal spreads (it tends to ~.92); "percentile" 30 for shifts,
+    more than 30 for the accuracy case; "bca" 16. At 3 vs 3 no interval reaches it: complete
+    separation, probability 1/10 under identical distributions, already excludes 1/2 (.897).
+    ``min_runs_for_coverage`` recomputes such a count for any method, thetas and spreads.
+    Claims (low > 1/2) made when theta = 1/2 (shift): default 2.4% at 5 vs 5, 2.6% at 4 vs 4,
+    "newcombe" 3.4% at 5 vs 5, "percentile" 4.9%; the power is ``improvement_power``.
 
     Shapes: scores_x (m,) or (m, K), scores_y (n,) or (n, K), m, n >= 2 -> (point, low, high).
     """
@@ -422,18 +571,156 @@ def probability_of_improvement_ci(
     _check_same_tasks({"scores_x": x, "scores_y": y})
     _check_runs("scores_x", x)
     _check_runs("scores_y", y)
-    m = _check_bootstrap_args(reps, confidence, seed, method)
+    m = _check_bootstrap_args(reps, confidence, seed, method, IMPROVEMENT_METHODS)
     kernel = _improvement_kernel(x.shape[1])
-    point, low, high = _bootstrap(
-        _columns(x) + _columns(y),
-        kernel,
-        1.0,
-        reps=reps,
-        confidence=confidence,
-        seed=seed,
-        method=m,
-    )
-    return float(point), float(low), float(high)
+    if m in METHODS:
+        point, low, high = _bootstrap(
+            _columns(x) + _columns(y),
+            kernel,
+            1.0,
+            reps=reps,
+            confidence=confidence,
+            seed=seed,
+            method=m,
+        )
+        return float(point), float(low), float(high)
+    point = float(kernel(_columns(x) + _columns(y), 1.0))
+    _, low, high = _improvement_analytic(x, y, float(confidence), inflate=m == "newcombe-delong")
+    return point, min(float(low), point), max(float(high), point)
+
+
+def _check_positive_int(name: str, value: object, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
+def simulate_improvement_ci(
+    n: int,
+    m: int | None = None,
+    p_true: float = 0.5,
+    *,
+    method: str = "newcombe-delong",
+    spread: float = 1.0,
+    tasks: int = 1,
+    sims: int = 4000,
+    reps: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How ``probability_of_improvement_ci`` behaves on data with a known P(X > Y) (Monte Carlo).
+
+    Each of ``sims`` datasets holds n runs of X and m (default n) of Y on each of ``tasks`` tasks,
+    independent, X ~ N(delta, spread^2), Y ~ N(0, 1), with
+        delta = sqrt(1 + spread^2) Phi^-1(p_true),  so  P(X > Y) = p_true on every task.
+    spread = 1 is a location shift (P = Phi(delta / sqrt 2)); any increasing transform of both
+    (lognormal scores, say) gives the same intervals, since they depend on ranks only. Returns
+
+        coverage     fraction of datasets with low <= p_true <= high
+        coverage_se  its binomial standard error sqrt(coverage (1 - coverage) / sims)
+        holds        fraction with low > 1/2: the improvement verdict "holds" (the power of the
+                     claim X > Y when p_true > 1/2, its false-claim rate at p_true = 1/2)
+        violated     fraction with high < 1/2
+        width        mean of high - low
+
+    The analytic methods run vectorised over all datasets through the code the public function
+    uses; the bootstrap methods call the public function on each dataset (seed i for the i-th,
+    ``reps`` resamples): about 3-5 ms per dataset at 5 vs 5 runs. Deterministic given ``seed``.
+    """
+    n = _check_positive_int("n", n, 2)
+    m = n if m is None else _check_positive_int("m", m, 2)
+    tasks = _check_positive_int("tasks", tasks, 1)
+    sims = _check_positive_int("sims", sims, 1)
+    if isinstance(p_true, bool) or not isinstance(p_true, numbers.Real) or not 0 < p_true < 1:
+        raise ValueError(f"p_true must be a number in the open interval (0, 1), got {p_true!r}")
+    if (
+        isinstance(spread, bool)
+        or not isinstance(spread, numbers.Real)
+        or not (math.isfinite(spread) and spread > 0)
+    ):
+        raise ValueError(f"spread must be a finite number > 0, got {spread!r}")
+    meth = _check_bootstrap_args(reps, confidence, seed, method, IMPROVEMENT_METHODS)
+    rng = np.random.default_rng(seed)
+    delta = math.sqrt(1.0 + spread**2) * float(sps.norm.ppf(p_true))
+    x = rng.normal(delta, spread, size=(sims, n, tasks))
+    y = rng.normal(0.0, 1.0, size=(sims, m, tasks))
+    if meth in METHODS:
+        ci = [
+            probability_of_improvement_ci(
+                x[i], y[i], reps=reps, confidence=confidence, seed=i, method=meth
+            )
+            for i in range(sims)
+        ]
+        low, high = np.array([c[1] for c in ci]), np.array([c[2] for c in ci])
+    else:
+        chunk = max(1, 2**22 // (n * m * tasks))
+        parts = [
+            _improvement_analytic(
+                x[i : i + chunk], y[i : i + chunk], float(confidence), meth == "newcombe-delong"
+            )
+            for i in range(0, sims, chunk)
+        ]
+        low = np.concatenate([p[1] for p in parts])
+        high = np.concatenate([p[2] for p in parts])
+    cov = float(np.mean((low <= p_true) & (p_true <= high)))
+    return {
+        "coverage": cov,
+        "coverage_se": math.sqrt(cov * (1 - cov) / sims),
+        "holds": float(np.mean(low > 0.5)),
+        "violated": float(np.mean(high < 0.5)),
+        "width": float(np.mean(high - low)),
+    }
+
+
+def improvement_power(n: int, m: int | None = None, p_true: float = 0.75, **kwargs: Any) -> float:
+    """P(the interval's low end > 1/2): how often the improvement claim X > Y "holds" with n runs
+    of X and m (default n) of Y when the true P(X > Y) is ``p_true`` (its false-claim rate when
+    ``p_true`` = 1/2). The normal model and keyword arguments of ``simulate_improvement_ci``.
+
+    For example (default method, location shift, 4000 datasets): at 5 vs 5 runs about 0.14 at
+    p_true 0.7 and 0.63 at 0.9; at 10 vs 10, 0.28 and 0.94; at 20 vs 20, 0.58 and 1.00. Method
+    "newcombe": 0.19 and 0.71; 0.34 and 0.96; 0.60 and 1.00.
+    """
+    return simulate_improvement_ci(n, m, p_true, **kwargs)["holds"]
+
+
+def min_runs_for_coverage(
+    method: str = "newcombe-delong",
+    *,
+    p_values: Sequence[float] = (0.5, 0.7, 0.9),
+    spreads: Sequence[float] = (1.0,),
+    tolerance: float = 0.02,
+    candidates: Sequence[int] = (4, 5, 6, 8, 10, 12, 16, 20, 25, 30),
+    confidence: float = 0.95,
+    sims: int = 4000,
+    reps: int = 1000,
+    seed: int = 0,
+) -> int | None:
+    """The fewest runs per side (n = m) from which on the interval's simulated coverage is at
+    least ``confidence`` - ``tolerance`` at every candidate count, every p_true in ``p_values`` and
+    every spread in ``spreads`` (``simulate_improvement_ci``, K = 1); None when the largest
+    candidate falls short. Counts are scanned from the largest down, so a dip at a small count
+    (discreteness) stops the scan. The estimates are Monte Carlo: with 4000 datasets a coverage of
+    0.95 has a standard error of 0.0034. The bootstrap methods are slow here (``sims`` calls of
+    the public function per cell).
+    """
+    if not 0 < tolerance < confidence:
+        raise ValueError(f"tolerance must be in (0, confidence), got {tolerance!r}")
+    ns = sorted({_check_positive_int("candidates", c, 2) for c in candidates}, reverse=True)
+    if not ns:
+        raise ValueError("candidates is empty")
+    best = None
+    for n in ns:
+        for p in p_values:
+            for sd in spreads:
+                r = simulate_improvement_ci(
+                    n, p_true=p, method=method, spread=sd, sims=sims, reps=reps,
+                    confidence=confidence, seed=seed,
+                )  # fmt: skip
+                if r["coverage"] < confidence - tolerance:
+                    return best
+        best = n
+    return best
 
 
 def performance_profile_ci(

@@ -816,13 +816,19 @@ def _speed_and_instability(data: SweepData, p: TradeoffParams) -> Outcome:
     x2 = dd[p.axis].to_numpy(dtype=float)
     y2 = np.nan_to_num(dd["drawdown"].to_numpy(dtype=float), posinf=1e300)
     unit = sp.attrs["unit"]
-    s1, ph1, ev1 = _trend(x1, y1, "decreasing", f"{unit} to target", p.axis, p.reps, p.seed)
+    target = (
+        f"{p.fraction:.0%} of J*"
+        if unit == "iterations"
+        else f"a training return of {p.speed_target:g}"
+    )
+    speed_name = f"{unit} to {target} (fewer is faster)"
+    s1, ph1, ev1 = _trend(x1, y1, "decreasing", speed_name, p.axis, p.reps, p.seed)
     s2, ph2, ev2 = _trend(x2, y2, "increasing", "drawdown", p.axis, p.reps, p.seed)
     evidence: dict[str, Any] = {
         "axis": p.axis,
-        "speed_unit": unit,
-        "speed": ev1,
-        "instability": ev2,
+        "speed": speed_name,
+        "speed_trend": ev1,
+        "instability_trend": ev2,
         "speed_status": s1,
         "instability_status": s2,
         "runs_with_drawdown": int((y2 > 1e-9).sum()),
@@ -852,6 +858,7 @@ class ImprovementParams(Params):
     worse: str
     score: Score = "auto"
     ceiling: float | None = None
+    interval: Literal["newcombe-delong", "newcombe", "percentile", "bca"] = "newcombe-delong"
     reps: int = Field(2000, ge=100)
 
     def hypothesis(self) -> str:
@@ -863,8 +870,11 @@ def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
     """A claim that algorithm ``better`` beats ``worse``.
 
     Score = final J / |J*| per run (or ``score``: see ``final_scores``), by ``cfg.label``;
-    probability of improvement P(X > Y) with a 95% stratified bootstrap CI (arXiv 2108.13264
-    §4.4): holds when the CI lies above 1/2, violated when below, else inconclusive. IQMs with CIs
+    probability of improvement P(X > Y) (arXiv 2108.13264 §4.4) with a 95% CI: by default
+    Newcombe's (2006) method 5 widened to the DeLong variance (``stats.probability_of_improvement_ci``),
+    which keeps >= 93% coverage from 5 runs per side where the percentile bootstrap covered ~69%
+    at P = 0.9 (tests/test_stats.py). Holds when the CI lies above 1/2, violated when below, else
+    inconclusive. IQMs with CIs
     of every algorithm are in the evidence, and the mean env steps each used where the summaries
     record them. Fewer than 2 runs on a side: inconclusive with the reason.
     """
@@ -873,7 +883,7 @@ def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
     better, worse = p.better, p.worse
     s = final_scores(data, p.score)
     by = {k: g["score"].to_numpy(dtype=float) for k, g in s.groupby("cfg.label")}
-    evidence: dict[str, Any] = {"better": better, "worse": worse}
+    evidence: dict[str, Any] = {}
     if better not in by or worse not in by:
         return (
             "inconclusive",
@@ -903,8 +913,10 @@ def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
     _ceiling_check(both, _default_ceiling(s.attrs["score_key"], p.ceiling), s.attrs["score"])
     if np.unique(np.concatenate([by[better], by[worse]])).size == 1:
         raise NoSignal(f"every run of {better} and {worse} ended with the same score", evidence)
-    pt, low, high = stats.probability_of_improvement_ci(by[better], by[worse], reps=p.reps, seed=0)
-    evidence.update(p_improvement=pt, p_improvement_ci95=[low, high])
+    pt, low, high = stats.probability_of_improvement_ci(
+        by[better], by[worse], reps=p.reps, seed=0, method=p.interval
+    )
+    evidence.update(p_improvement=pt, p_improvement_ci95=[low, high], interval=p.interval)
     desc = (
         f"P({better} > {worse}) = {pt:.2f} [95% CI {low:.2f}, {high:.2f}] on final "
         f"{s.attrs['score']}"

@@ -7,20 +7,25 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from scipy.integrate import quad
 
 from grpo_lab.stats import (
     STATISTICS,
+    _improvement_analytic,
     aggregate_with_ci,
+    improvement_power,
     iqm,
     iqm_curve,
     iqm_curve_ci,
     mean,
     median,
+    min_runs_for_coverage,
     optimality_gap,
     performance_profile,
     performance_profile_ci,
     probability_of_improvement,
     probability_of_improvement_ci,
+    simulate_improvement_ci,
     stratified_bootstrap_ci,
 )
 
@@ -283,6 +288,221 @@ def test_probability_of_improvement_ci_clear_winner_and_null():
     assert p0 == 0.5 and l0 < 0.5 < h0
 
 
+# ---------------------------------------------------------------------------------------------
+# the interval of P(X > Y): analytic intervals and their coverage at few runs
+#
+# Tolerances: a coverage estimated from D simulated datasets has binomial standard error
+# sqrt(c (1 - c) / D), 0.0034 at c = 0.95 and D = 4000. "Nominal" is asserted as c >= 0.93 (issue
+# 12's bar, 95% - 2 points): 5.8 standard errors below 0.95, and >= 3 below every estimate in the
+# table of probability_of_improvement_ci's docstring for the cases tested (the lowest, 0.942).
+# "Not too wide" is c <= 0.99: >= 3 standard errors (0.002 at c = 0.984, the highest) above.
+
+
+def _newcombe_ends_by_polynomial(t, m, n, z):
+    # (theta - t)^2 = z^2 V5(theta) times (2 - theta)(1 + theta) m n is a quartic in theta:
+    #   m n (theta - t)^2 (2 - theta)(1 + theta) - z^2 theta (1 - theta)
+    #     [(2 - theta)(1 + theta) + c ((1 - theta)(1 + theta) + theta (2 - theta))]
+    # with c = (m + n) / 2 - 1; its real roots in [0, 1] on either side of t are the ends.
+    P = np.polynomial.Polynomial
+    th = P([0.0, 1.0])
+    c = (m + n) / 2 - 1
+    a, b = 2 - th, 1 + th
+    q = m * n * (th - t) ** 2 * a * b - z**2 * th * (1 - th) * (a * b + c * ((1 - th) * b + th * a))
+    r = q.roots()
+    r = np.real(r[(abs(r.imag) < 1e-9) & (r.real >= -1e-12) & (r.real <= 1 + 1e-12)])
+    return r[r <= t + 1e-12].min(), r[r >= t - 1e-12].max()
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        ([0.3, 1.2, 2.0, 0.1, 0.8], [0.0, 0.5, -0.4, 0.2, 1.0]),  # theta-hat = 0.68
+        ([1.0, 2.0, 3.0, 4.0], [0.0, 0.1, 0.2, 0.3]),  # complete separation: theta-hat = 1
+        ([1.0, 1.0, 2.0, 0.0, 3.0, 1.0], [1.0, 0.0, 0.0, 2.0]),  # ties, m != n
+    ],
+)
+def test_newcombe_method_5_solves_its_quartic(x, y):
+    # Newcombe (2006) method 5: {theta: (theta - t)^2 <= z^2 V5(theta)}, against the roots of the
+    # quartic found by numpy. At theta-hat = 1 the upper end is 1 and the lower one below it.
+    point, low, high = probability_of_improvement_ci(x, y, method="newcombe")
+    assert point == probability_of_improvement(x, y)
+    lo, hi = _newcombe_ends_by_polynomial(point, len(x), len(y), sps.norm.ppf(0.975))
+    assert low == pytest.approx(lo, abs=1e-10) and high == pytest.approx(hi, abs=1e-10)
+    assert 0.0 <= low < point <= high <= 1.0
+
+
+def _delong_over_v5(x, y):
+    # r = V_DeLong / V5(theta-hat), written out for one task
+    s = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    m, n, t = len(x), len(y), s.mean()
+    delong = s.mean(1).var(ddof=1) / m + s.mean(0).var(ddof=1) / n
+    v5 = t * (1 - t) / (m * n) * (1 + (m + n - 2) / 2 * ((1 - t) / (2 - t) + t / (1 + t)))
+    return t, delong / v5
+
+
+def test_newcombe_delong_inflates_only_where_delong_exceeds_method_5():
+    # Shifted, similar spreads, here DeLong's variance below V5 at theta-hat: r = 1 and the
+    # default equals method 5. X spread far wider than Y around the same centre: each x_i lies
+    # above all or none of the y, its placement V10_i is 0 or 1, DeLong's variance exceeds V5;
+    # the interval is method 5 with z multiplied by sqrt(r).
+    x, y = np.array([1.0, 2.4, 2.2, 0.5, 0.7]), np.array([-0.5, 0.6, -0.1, 0.7, -1.8])
+    t, r = _delong_over_v5(x, y)
+    assert t == 0.9 and r < 1
+    default = probability_of_improvement_ci(x, y)
+    assert default == probability_of_improvement_ci(x, y, method="newcombe")
+    x = np.array([-9.0, -5.0, 4.0, 6.0, 10.0, -7.0])
+    y = np.array([-0.2, 0.1, 0.3, 0.0, -0.1])
+    t, r = _delong_over_v5(x, y)
+    assert t == 0.5 and r > 1.2
+    point, low, high = probability_of_improvement_ci(x, y)
+    lo, hi = _newcombe_ends_by_polynomial(t, 6, 5, sps.norm.ppf(0.975) * math.sqrt(r))
+    assert (
+        point == t and low == pytest.approx(lo, abs=1e-10) and high == pytest.approx(hi, abs=1e-10)
+    )
+    _, l5, h5 = probability_of_improvement_ci(x, y, method="newcombe")
+    assert low < l5 and high > h5
+
+
+def test_analytic_interval_is_rank_based_and_pools_tasks_as_one_theta():
+    rng = np.random.default_rng(20)
+    x, y = rng.normal(0.8, 1.0, size=7), rng.normal(0.0, 2.0, size=6)
+    ci = probability_of_improvement_ci(x, y)
+    assert probability_of_improvement_ci(np.exp(x), np.exp(y)) == ci  # increasing transform
+    assert probability_of_improvement_ci(x, y, reps=100, seed=5) == ci  # no resampling
+    # K = 4 copies of one task: both variances are divided by K, the same as halving z, i.e. the
+    # one-task interval at confidence 2 Phi(z / 2) - 1.
+    x4, y4 = np.tile(x[:, None], (1, 4)), np.tile(y[:, None], (1, 4))
+    half = 2 * sps.norm.cdf(sps.norm.ppf(0.975) / 2) - 1
+    np.testing.assert_allclose(
+        probability_of_improvement_ci(x4, y4), probability_of_improvement_ci(x, y, confidence=half)
+    )
+
+
+def test_percentile_interval_collapses_at_complete_separation_the_default_does_not():
+    # 5 vs 5 runs, every X above every Y: each resample keeps X above Y, so the bootstrap
+    # distribution is the constant 1 and the percentile interval is [1, 1], excluding every
+    # theta < 1. P(complete separation) is large at few runs when theta is high: the main reason
+    # the percentile interval covers ~69% at theta = 0.9 (next test).
+    x, y = [1.0, 1.1, 1.3, 2.0, 1.5], [0.0, 0.2, 0.9, 0.4, 0.1]
+    assert probability_of_improvement_ci(x, y, method="percentile", reps=500) == (1.0, 1.0, 1.0)
+    point, low, high = probability_of_improvement_ci(x, y)
+    assert point == high == 1.0 and 0.5 < low < 0.8
+
+
+def test_percentile_interval_undercovers_at_five_runs_each():
+    # The public function on 300 normal-shift datasets per theta (5 vs 5, 1000 resamples each).
+    # Simulated with 1500-2000 datasets: coverage 0.90 at theta 0.5 (4.9% of intervals above 1/2,
+    # twice the nominal 2.5%) and 0.69 at theta 0.9, mean 0.795. The pooled estimate over 600
+    # datasets has standard error sqrt(0.795 * 0.205 / 600) = 0.016: asserting < 0.88 leaves 5
+    # standard errors above 0.795 and lies 4 below 0.95; at theta 0.9 alone (0.027 over 300)
+    # < 0.80 leaves 4. The default interval on the same datasets (simulate_improvement_ci draws
+    # the data before it looks at the method) covers: expected 0.96-0.97; over 300 datasets the
+    # standard error at 0.95 is 0.0126, and >= 0.91 is 3 of them below 0.95 (the 4000-dataset
+    # tests below hold it to 0.93).
+    cov = {}
+    for p in (0.5, 0.9):
+        cov[p] = simulate_improvement_ci(5, p_true=p, method="percentile", sims=300, seed=1)
+        assert simulate_improvement_ci(5, p_true=p, sims=300, seed=1)["coverage"] >= 0.91
+    assert (cov[0.5]["coverage"] + cov[0.9]["coverage"]) / 2 < 0.88
+    assert cov[0.9]["coverage"] < 0.80
+
+
+@pytest.mark.parametrize("method", ["newcombe-delong", "newcombe"])
+@pytest.mark.parametrize("n", [4, 5, 10, 20])
+def test_analytic_intervals_cover_nominally_for_shifts(method, n):
+    # Location shifts (spread 1) at the protocols' run counts (4 and 5 per side) and above:
+    # 4000 datasets per theta, vectorised through the code the public function runs.
+    for p in (0.5, 0.7, 0.9):
+        c = simulate_improvement_ci(n, p_true=p, method=method, sims=4000, seed=n)["coverage"]
+        assert 0.93 <= c <= 0.99, (p, c)
+
+
+@pytest.mark.parametrize("n", [5, 10, 20])
+def test_default_interval_covers_nominally_under_unequal_spreads(n):
+    # X three times as spread as Y: method 5's variance is too small here (the table: 0.93 at
+    # every n), the DeLong inflation restores the coverage from 5 runs per side on. At 4 vs 4
+    # neither reaches 0.93 at theta = 1/2 (0.916): runs separate completely too often.
+    for p in (0.5, 0.7, 0.9):
+        c = simulate_improvement_ci(n, p_true=p, spread=3.0, sims=4000, seed=n)["coverage"]
+        assert 0.93 <= c <= 0.99, (p, c)
+    # method 5 alone at sd ratio 5 stays below: 0.91-0.93 at 10-30 runs (the expected 0.911 at
+    # n = 10 is 5.5 standard errors below 0.93)
+    if n == 10:
+        c5 = simulate_improvement_ci(n, p_true=0.5, spread=5.0, method="newcombe", seed=3)
+        assert c5["coverage"] < 0.93
+
+
+def _ceiling(mu, rng, shape):
+    return np.minimum(1.0, rng.normal(mu, 0.05, size=shape))  # J / J*: runs that reach J*
+
+
+def _theta_ceiling(mx, my):
+    # P(X > Y) + P(X = Y) / 2 for X = min(1, N(mx, 0.05^2)), Y likewise: the ties are both at 1
+    ax, ay = sps.norm.sf((1 - mx) / 0.05), sps.norm.sf((1 - my) / 0.05)
+    cont = quad(lambda v: sps.norm.pdf(v, mx, 0.05) * sps.norm.cdf(v, my, 0.05), -np.inf, 1.0)[0]
+    return ax * (1 - ay) + cont + 0.5 * ax * ay
+
+
+def _theta_binomial(px, py, k=16):
+    # accuracy on k items: X = Bin(k, px) / k, Y = Bin(k, py) / k
+    fx, fy = sps.binom.pmf(np.arange(k + 1), k, px), sps.binom.pmf(np.arange(k + 1), k, py)
+    return float(np.sum(fx * (np.cumsum(fy) - fy)) + 0.5 * np.sum(fx * fy))
+
+
+@pytest.mark.parametrize(
+    ("draw_x", "draw_y", "theta"),
+    [
+        (lambda r, s: _ceiling(0.98, r, s), lambda r, s: _ceiling(0.98, r, s), lambda: 0.5),
+        (
+            lambda r, s: _ceiling(0.99, r, s),
+            lambda r, s: _ceiling(0.95, r, s),
+            lambda: _theta_ceiling(0.99, 0.95),  # 0.707
+        ),
+        (
+            lambda r, s: r.binomial(16, 0.9, s) / 16,
+            lambda r, s: r.binomial(16, 0.9, s) / 16,
+            lambda: 0.5,
+        ),
+        (
+            lambda r, s: r.binomial(16, 0.95, s) / 16,
+            lambda r, s: r.binomial(16, 0.8, s) / 16,
+            lambda: _theta_binomial(0.95, 0.8),  # 0.904
+        ),
+    ],
+    ids=["ceiling-tie", "ceiling-0.71", "accuracy-tie", "accuracy-0.90"],
+)
+def test_default_interval_covers_nominally_with_ties(draw_x, draw_y, theta):
+    # Scores at a ceiling (J / J* = 1 for 12% / 7% of pairs of runs) and accuracies on 16 items
+    # (many ties): 4000 datasets of 5 vs 5 through the vectorised path, which equals the public
+    # function (checked on the first 20). Ties shrink Var(theta-hat) below V5: over-coverage,
+    # never under (simulated 0.97-0.98).
+    rng = np.random.default_rng(30)
+    x, y = draw_x(rng, (4000, 5, 1)), draw_y(rng, (4000, 5, 1))
+    point, low, high = _improvement_analytic(x, y, 0.95, inflate=True)
+    for i in range(20):
+        assert (point[i], low[i], high[i]) == pytest.approx(
+            probability_of_improvement_ci(x[i], y[i]), abs=1e-12
+        )
+    t = theta()
+    c = np.mean((low <= t) & (t <= high))
+    assert 0.93 <= c <= 0.99, c
+
+
+def test_min_runs_for_coverage_and_power():
+    # The default reaches 93% from 4 runs per side for shifts, from 5 once unequal spreads
+    # (sd ratio 3) are included; at 3 vs 3 complete separation (probability 1/10 under the null)
+    # already excludes 1/2, so the coverage at theta = 1/2 is 0.90.
+    assert min_runs_for_coverage(candidates=(3, 4, 5, 8)) == 4
+    assert min_runs_for_coverage(candidates=(3, 4, 5, 8), spreads=(1.0, 3.0)) == 5
+    assert min_runs_for_coverage("newcombe", spreads=(5.0,), candidates=(10, 20)) is None
+    # Power of the claim X > Y (the CI above 1/2): ~2.4% false claims at theta = 1/2 (a one-sided
+    # 2.5% test up to discreteness; standard error 0.0024), then rising with theta and runs.
+    assert improvement_power(5, p_true=0.5) < 0.035
+    p57, p59, p109 = (improvement_power(n, p_true=p) for n, p in ((5, 0.7), (5, 0.9), (10, 0.9)))
+    assert 0.10 < p57 < 0.20 and 0.55 < p59 < 0.70 and p109 > 0.9
+    assert improvement_power(5, 8, p_true=0.9) > p59  # more runs of Y help too
+
+
 def test_performance_profile_ci_band():
     scores = np.random.default_rng(10).uniform(size=(8, 3))
     taus = np.linspace(-0.5, 1.5, 21)
@@ -369,6 +589,17 @@ def _ci(**kw):
         (
             lambda: probability_of_improvement_ci(np.ones((3, 2)), np.ones((1, 2))),
             "scores_y has 1 run per task",
+        ),
+        (
+            lambda: probability_of_improvement_ci(np.ones(3), np.ones(3), method="wald"),
+            r"unknown method 'wald'; choose one of \['newcombe-delong', 'newcombe', 'percentile'",
+        ),
+        (lambda: simulate_improvement_ci(1), "n must be an integer >= 2, got 1"),
+        (lambda: simulate_improvement_ci(5, p_true=1.0), r"p_true must be a number in the open"),
+        (lambda: simulate_improvement_ci(5, spread=0.0), "spread must be a finite number > 0"),
+        (
+            lambda: simulate_improvement_ci(5, method="bca", reps=10),
+            "reps must be an integer >= 100",
         ),
         (
             lambda: aggregate_with_ci({"a": np.ones((3, 2)), "b": np.ones((3, 4))}),

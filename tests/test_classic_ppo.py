@@ -33,6 +33,59 @@ def test_a_batch_equals_its_configurations_run_alone():
     )
 
 
+def _record_clip_ranges(monkeypatch) -> list[torch.Tensor]:
+    """Spy on the clipped surrogate of classic PPO: the (eps_low, eps_high) of every call."""
+    import grpo_lab.algorithms.classic as classic
+
+    seen: list[torch.Tensor] = []
+    real = classic.clipped_surrogate
+
+    def spy(lp, lp_old, adv, mask, eps_low, eps_high):
+        torch.testing.assert_close(eps_low, eps_high)
+        seen.append(eps_low.detach().reshape(-1).clone())
+        return real(lp, lp_old, adv, mask, eps_low, eps_high)
+
+    monkeypatch.setattr(classic, "clipped_surrogate", spy)
+    return seen
+
+
+@pytest.mark.parametrize("anneal", [False, True])
+def test_the_clip_range_of_every_update_is_the_configured_one(monkeypatch, anneal):
+    """anneal_clip False: eps_u = clip_coef at every optimiser step of every update (what a sweep
+    of clip_coef needs); True: eps_u = clip_coef (1 - u / U), the Zoo's lin_<clip_coef>. Checked
+    on the eps the surrogate received and on the logged clip_coef column; batched == alone."""
+    U, K = 4, 2 * 2  # updates; optimiser steps per update (epochs x minibatches)
+    kw = dict(SHORT, total_timesteps=U * 8 * 32, num_minibatches=2, anneal_clip=anneal)
+    cfgs = [ClassicPPOConfig(**kw, clip_coef=e, seed=s) for e, s in ((0.1, 3), (0.3, 4))]
+    seen = _record_clip_ranges(monkeypatch)
+    both = train_classic_ppo(None, cfgs)
+    used = torch.stack(seen)  # (U K, C): one row per optimiser step
+    frac = 1.0 - torch.arange(U, dtype=torch.float64).repeat_interleave(K) / U
+    want = torch.tensor([0.1, 0.3], dtype=torch.float64) * (frac.unsqueeze(-1) if anneal else 1)
+    want = want.expand(U * K, 2)
+    torch.testing.assert_close(used.double(), want)
+    torch.testing.assert_close(both.stacked("step")["clip_coef"].T, want)
+    if anneal:  # the last update's eps is eps_0 / U, not 0
+        torch.testing.assert_close(used[-1].double(), torch.tensor([0.1, 0.3]).double() / U)
+    for c, cfg in enumerate(cfgs):
+        alone = train_classic_ppo(None, cfg)
+        for k in ("loss", "ratio_max", "clip_frac", "clip_coef"):
+            torch.testing.assert_close(
+                both.stacked("step")[k][c], alone.stacked("step")[k][0], rtol=1e-5, atol=1e-6
+            )
+        assert float(both.summary["eval_return"][c]) == float(alone.summary["eval_return"][0])
+
+
+def test_linear_schedule():
+    from grpo_lab.algorithms.classic import linear_schedule
+
+    x0 = torch.tensor([0.1, 0.2])
+    torch.testing.assert_close(linear_schedule(x0, 0, 4, True), x0)
+    torch.testing.assert_close(linear_schedule(x0, 3, 4, True), x0 / 4)
+    for u in range(4):
+        torch.testing.assert_close(linear_schedule(x0, u, 4, False), x0)
+
+
 @pytest.mark.slow
 def test_ppo_learns_cartpole():
     """RL Zoo hyperparameters, 16k steps (64 updates): the deterministic policy balances far
@@ -112,6 +165,28 @@ def test_ppo_update_loss_and_ratio_audit_against_a_direct_computation():
         short = ppo_update(a2, c2, o2, b2, cl2, cfg2)
         for name in ("ratio_max", "ratio_min", "approx_kl", "clip_frac", "loss"):
             torch.testing.assert_close(st[name][:, k - 1], short[name][:, -1])
+
+
+def test_value_clipping_uses_clip_vf_not_the_policy_clip():
+    """clip_vf = c: value loss 0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2) with
+    the same c for configurations whose policy clip differs (0.2 and 0.1); None: 0.5 (V - R)^2."""
+    from grpo_lab.algorithms.classic import ppo_update
+
+    for clip_vf in (None, 0.05, 0.5):
+        actor, critic, opt, batch, clip, cfg = _update_setup(epochs=1)
+        batch.values = batch.values - 0.3  # V_old away from V so that the clip can bind
+        cfg = cfg.model_copy(update={"clip_vf": clip_vf})
+        with torch.no_grad():
+            v = critic(batch.obs).squeeze(-1)
+            rt, v_old = batch.returns, batch.values
+            want = 0.5 * (v - rt) ** 2
+            if clip_vf is not None:
+                v_clip = v_old + (v - v_old).clamp(-clip_vf, clip_vf)
+                want = torch.maximum(want, 0.5 * (v_clip - rt) ** 2)
+        st = ppo_update(actor, critic, opt, batch, clip, cfg)
+        torch.testing.assert_close(st["v_loss"][:, 0], want.mean(-1))
+    with pytest.raises(ValidationError, match="clip_vf"):
+        ClassicPPOConfig(clip_vf=0.0)
 
 
 def test_obs_norm_is_per_configuration_and_matches_the_data_seen():

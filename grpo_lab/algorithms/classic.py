@@ -9,9 +9,11 @@ each an option with the RL Zoo's CartPole-v1 values as defaults), one update, to
      policy; a truncated episode's reward gets + gamma V(final obs) (SB3's bootstrap).
   2. GAE(gamma, lambda) advantages and returns (arXiv 1506.02438 eq. 16).
   3. ``update_epochs`` x ``num_minibatches``: clipped surrogate (eq. 7) with per-minibatch
-     advantage normalisation, value loss 0.5 (V - R)^2 (optionally clipped), entropy bonus;
-     per-configuration gradient-norm clipping; Adam; learning rate and clip range annealed
-     linearly to 0 (Zoo: ``lin_1e-3``, ``lin_0.2``).
+     advantage normalisation, value loss 0.5 (V - R)^2 (optionally clipped, ``clip_vf``),
+     entropy bonus; per-configuration gradient-norm clipping; Adam. The learning rate and the
+     clip range of update u (of U) are each, by their own switch, annealed linearly,
+     x_u = x_0 (1 - u / U) (``anneal_lr``, ``anneal_clip``; the Zoo's CartPole-v1: ``lin_1e-3``,
+     ``lin_0.2``), or held at x_0 (``linear_schedule``).
   4. Instrumentation: the minibatch ratio audit after each optimiser step (ratio max/min, clip
      fractions by side, approx KL), entropy, explained variance of the critic, episode returns,
      env steps per second.
@@ -70,7 +72,23 @@ def with_task(env: object, configs: Sequence[BaseModel]) -> list[BaseModel]:
 
 
 class ClassicPPOConfig(BaseModel):
-    """PPO on a classic-control task; defaults = the RL Zoo's CartPole-v1 hyperparameters."""
+    """PPO on a classic-control task; defaults = the RL Zoo's CartPole-v1 hyperparameters.
+
+    The two clip ranges:
+
+    * ``clip_coef`` eps_0: the policy's clip range, the eps of arXiv 1707.06347 eq. 7,
+      L^CLIP = E_t[min(r_t A_t, clip(r_t, 1 - eps_u, 1 + eps_u) A_t)], r_t = pi(a_t|s_t) /
+      pi_old(a_t|s_t). Per configuration (batchable). ``anneal_clip`` True (the Zoo's CartPole
+      ``lin_0.2``): eps_u = eps_0 (1 - u / U) at update u of U = max(1, total_timesteps //
+      (num_envs num_steps)), so eps_0 is only the initial value and the last update uses
+      eps_0 / U; False: eps_u = eps_0 at every update (CleanRL's and SB3's float default).
+      ``linear_schedule`` computes eps_u; the step log's ``clip_coef`` column is the eps_u used.
+    * ``clip_vf``: the value function's clip range, separate from ``clip_coef`` and never
+      annealed. None (SB3's ``clip_range_vf=None``, the default): no value clipping, value loss
+      0.5 (V - R)^2. A float c: 0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)
+      (OpenAI baselines' PPO2; CleanRL's ``clip_vloss`` is this with c = its clip_coef). Shared by
+      a batch, so sweeping ``clip_coef`` leaves it unchanged.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -88,8 +106,8 @@ class ClassicPPOConfig(BaseModel):
     update_epochs: int = Field(20, ge=1)
     norm_adv: bool = True
     clip_coef: float = Field(0.2, gt=0.0)
-    anneal_clip: bool = True
-    clip_vloss: bool = False  # SB3's default (clip_range_vf=None); CleanRL clips
+    anneal_clip: bool = True  # eps_u = clip_coef (1 - u / U); False: clip_coef at every update
+    clip_vf: float | None = Field(None, gt=0.0)  # None: no value clipping (SB3's default)
     ent_coef: float = Field(0.0, ge=0.0)
     vf_coef: float = Field(0.5, ge=0.0)
     max_grad_norm: float = Field(0.5, gt=0.0)
@@ -254,6 +272,14 @@ def rollout(
 # ----------------------------------------------------------------------------- PPO update
 
 
+def linear_schedule(x0: Tensor, u: int, num_updates: int, anneal: bool) -> Tensor:
+    """The value of a per-configuration hyperparameter at update ``u`` of U = ``num_updates``:
+    x_u = x_0 (1 - u / U) when ``anneal`` (linear to 0, reaching x_0 / U at the last update, the
+    Zoo's ``lin_<x_0>``), else x_u = x_0. Used for the clip range eps (``anneal_clip``) and the
+    learning rate (``anneal_lr``). Shapes: x0 (C,) -> (C,)."""
+    return x0 * (1.0 - u / num_updates) if anneal else x0.clone()
+
+
 def _audit(lp_new: Tensor, lp_old: Tensor, adv: Tensor, clip: Tensor) -> dict[str, Tensor]:
     """The ratio audits of K optimiser steps at once (``losses.ratio_metrics``, each step's
     minibatch one row): lp_new (the policy after step k), lp_old, adv (C, K, mb), clip (C, 1, 1)
@@ -279,8 +305,9 @@ def ppo_update(
     """Step 3-4: ``update_epochs`` x ``num_minibatches`` optimiser steps on one rollout.
 
     Each step: advantages normalised per minibatch (if ``norm_adv``), the clipped surrogate
-    (arXiv 1707.06347 eq. 7) averaged over the minibatch, value loss 0.5 (V - R)^2 (or its
-    clipped form, ``clip_vloss``), loss = pg_loss - ent_coef H + vf_coef v_loss per
+    (arXiv 1707.06347 eq. 7) -min(r A, clip(r, 1 - eps, 1 + eps) A) averaged over the minibatch
+    with eps = ``clip`` (this update's eps_u), value loss 0.5 (V - R)^2 (or its clipped form with
+    the range ``cfg.clip_vf``, not eps), loss = pg_loss - ent_coef H + vf_coef v_loss per
     configuration, per-configuration gradient-norm clipping, one Adam step. Then the audit: the
     minibatch's ratios pi_new / pi_old after the step. With one minibatch the next step's forward
     is on the same batch with the same parameters, so its log-probabilities are this step's audit
@@ -336,8 +363,8 @@ def ppo_update(
             per_tok, _ = clipped_surrogate(lp, lp_old, ad, None, c2, c2)  # (C, mb)
             pg_loss = per_tok.mean(-1)  # (C,)
             v = critic(o).squeeze(-1)  # (C, mb)
-            if cfg.clip_vloss:
-                v_clip = v_old + (v - v_old).clamp(-c2, c2)
+            if cfg.clip_vf is not None:
+                v_clip = v_old + (v - v_old).clamp(-cfg.clip_vf, cfg.clip_vf)
                 v_loss = 0.5 * torch.maximum((v - rt) ** 2, (v_clip - rt) ** 2).mean(-1)
             else:
                 v_loss = 0.5 * ((v - rt) ** 2).mean(-1)
@@ -453,9 +480,8 @@ def train_classic_ppo(
     obs_norm = ObsNorm(C, D) if cfg.normalize_obs else None
     steps_done = 0
     for u in range(num_updates):
-        frac = 1.0 - u / num_updates
-        lr_now = lr0 * frac if cfg.anneal_lr else lr0
-        clip = (clip0 * frac if cfg.anneal_clip else clip0).reshape(C, 1, 1)
+        lr_now = linear_schedule(lr0, u, num_updates, cfg.anneal_lr)
+        clip = linear_schedule(clip0, u, num_updates, cfg.anneal_clip).reshape(C, 1, 1)
         for group in opt.param_groups:
             group["lr"] = lr_now
         # 1-2. rollout and GAE

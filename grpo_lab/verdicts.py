@@ -865,6 +865,16 @@ class ImprovementParams(Params):
         return f"P({self.better} > {self.worse}) on the final score exceeds 1/2"
 
 
+def _by_task(g: pd.DataFrame, tasks: list[str]) -> np.ndarray:
+    """Scores as (R,) or, with task columns (several environments), (R, K): R runs per task
+    (the fewest any task has), K tasks, for the stratified statistics of ``grpo_lab.stats``."""
+    if not tasks:
+        return g["score"].to_numpy(dtype=float)
+    cols = [grp["score"].to_numpy(dtype=float) for _, grp in g.groupby(tasks)]
+    r = min(len(c) for c in cols)
+    return np.stack([c[:r] for c in cols], axis=1)
+
+
 @rule("improvement", ImprovementParams)
 def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
     """A claim that algorithm ``better`` beats ``worse``.
@@ -876,14 +886,17 @@ def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
     at P = 0.9 (tests/test_stats.py). Holds when the CI lies above 1/2, violated when below, else
     inconclusive. IQMs with CIs
     of every algorithm are in the evidence, and the mean env steps each used where the summaries
-    record them. Fewer than 2 runs on a side: inconclusive with the reason.
+    record them. Fewer than 2 runs on a side: inconclusive with the reason. With several
+    environments (a grid over ``env.kwargs.*``), each is a task: P(X > Y) is the mean over tasks
+    of the per-task probability, and intervals resample within tasks (stratified).
     """
     from grpo_lab import stats
 
     better, worse = p.better, p.worse
     s = final_scores(data, p.score)
-    by = {k: g["score"].to_numpy(dtype=float) for k, g in s.groupby("cfg.label")}
-    evidence: dict[str, Any] = {}
+    tasks = [c for c in _varying(s, set()) if c.startswith("cfg.env.")]
+    by = {k: _by_task(g, tasks) for k, g in s.groupby("cfg.label")}
+    evidence: dict[str, Any] = {"tasks": tasks} if tasks else {}
     if better not in by or worse not in by:
         return (
             "inconclusive",
@@ -891,7 +904,7 @@ def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
             evidence,
         )
     for k, v in by.items():
-        evidence[f"runs_{k}"] = len(v)
+        evidence[f"runs_{k}"] = int(v.size)
         evidence[f"iqm_{k}"] = (
             stats.stratified_bootstrap_ci(v, "iqm", reps=p.reps, seed=0)
             if len(v) > 1
@@ -911,7 +924,7 @@ def _improvement(data: SweepData, p: ImprovementParams) -> Outcome:
     both = s[s["cfg.label"].isin([better, worse])]
     _signal_checks(data, both, None)
     _ceiling_check(both, _default_ceiling(s.attrs["score_key"], p.ceiling), s.attrs["score"])
-    if np.unique(np.concatenate([by[better], by[worse]])).size == 1:
+    if np.unique(np.concatenate([by[better].ravel(), by[worse].ravel()])).size == 1:
         raise NoSignal(f"every run of {better} and {worse} ended with the same score", evidence)
     pt, low, high = stats.probability_of_improvement_ci(
         by[better], by[worse], reps=p.reps, seed=0, method=p.interval
@@ -1288,4 +1301,126 @@ def _variance_reduction(data: SweepData, p: VarianceParams) -> Outcome:
         return "violated", f"raises variance: {outcome['raises']}; " + desc, evidence
     if len(outcome["reduces"]) == n:
         return "holds", desc, evidence
+    return "inconclusive", desc, evidence
+
+
+# ----------------------------------------------------------------------------- stationary points
+
+
+class StationaryParams(Params):
+    LABELS: ClassVar[tuple[str, ...]] = ("subject", "reference")
+    grad_tol: float = Field(0.01, gt=0.0)  # stationary: ||grad J|| end / start below this
+    gap_tol: float | None = Field(0.01, gt=0.0)  # optimal: J/J* >= 1 - gap_tol (None: skip)
+    plateau_window: float = Field(0.1, gt=0.0, le=1.0)  # the last fraction of the iterations
+    plateau_tol: float = Field(1e-3, gt=0.0)  # J moved less than this x |J*| over the window
+    min_frac: float = Field(0.5, gt=0.0, le=1.0)  # counterexamples in >= this share of a label
+    subject: list[str] = Field(min_length=1)
+    reference: list[str] = Field(default_factory=list)
+
+    def hypothesis(self) -> str:
+        return (
+            f"every run of {', '.join(self.subject)} whose J has stopped moving stops at a local "
+            f"optimum: ||grad J|| fell below {self.grad_tol:g} of its start"
+            + (f" and J/J* >= {1 - self.gap_tol:g}" if self.gap_tol else "")
+        )
+
+
+def _stationary_outcomes(data: SweepData, p: StationaryParams) -> pd.DataFrame:
+    """Per run: plateaued, stationary, optimal, outcome and reason (``_stationary``)."""
+    s = data.summary.set_index("run_id")
+    rows = []
+    for rid, r in data.iterations.groupby("run_id"):
+        j = r.sort_values("iteration")["J"].to_numpy(dtype=float)
+        j = np.append(j, float(s.loc[rid, "j_final"]))
+        js = abs(float(s.loc[rid, "j_star"]))
+        k = max(2, int(round(p.plateau_window * (len(j) - 1))) + 1)
+        tail = j[-k:]
+        slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0]) if len(tail) > 1 else 0.0
+        drift = abs(slope * (len(tail) - 1)) / js
+        g0, g1 = float(s.loc[rid, "grad_norm_init"]), float(s.loc[rid, "grad_norm_final"])
+        ratio = g1 / g0 if g0 > 0 else float("nan")
+        score = float(s.loc[rid, "j_final"]) / js
+        plateaued = bool(np.isfinite(drift) and drift < p.plateau_tol)
+        stationary = bool(ratio < p.grad_tol)
+        optimal = p.gap_tol is None or score >= 1 - p.gap_tol
+        if s.loc[rid, "status"] != "ok" or not plateaued:
+            outcome, reason = "undetermined", "J still moving" if plateaued is False else "failed"
+        elif stationary and optimal:
+            outcome, reason = "local-optimum", ""
+        else:
+            why = [
+                w for w, bad in (("gradient", not stationary), ("suboptimal", not optimal)) if bad
+            ]
+            outcome, reason = "counterexample", "+".join(why)
+        rows.append({"run_id": rid, "label": s.loc[rid, "cfg.label"], "score": score,
+                     "grad_ratio": ratio, "drift": drift, "outcome": outcome, "reason": reason})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@rule("stationary", StationaryParams)
+def _stationary(data: SweepData, p: StationaryParams) -> Outcome:
+    """The seed's theorem "Under certain conditions, GRPO converges to a local optimum of the
+    expected return", judged where it ends: GRPO run to its end on an exact MDP.
+
+    Per run (the iterations table's exact J, then ``j_final``; the summary's exact
+    ``grad_norm_init`` / ``grad_norm_final``): **plateaued** when the least-squares trend of J
+    over the last ``plateau_window`` of the run moved J by < ``plateau_tol`` |J*|; **stationary**
+    when ||grad J(final)|| / ||grad J(start)|| < ``grad_tol``; **optimal** when J/J* >=
+    1 - ``gap_tol`` (for policy classes that contain every policy every local optimum is global,
+    gradient domination, Agarwal et al. 2021, arXiv 1908.00261; a small gradient alone cannot
+    tell a saturated wrong answer from the optimum). A plateaued run is a local optimum if
+    stationary and optimal, else a counterexample (reason "gradient" and/or "suboptimal"); a run
+    still moving is undetermined.
+    Inconclusive when a ``reference`` run (an unbiased control) is not a local optimum (the budget
+    cannot show convergence) or every subject run is undetermined; violated when some subject
+    label has counterexamples in >= ``min_frac`` of its runs (and >= 2); holds when every subject
+    run is a local optimum; else inconclusive.
+    """
+    need = {"grad_norm_init", "grad_norm_final", "j_final", "j_star"}
+    if data.summary is None or not need <= set(data.summary.columns) or data.iterations is None:
+        return "inconclusive", f"the sweep lacks {sorted(need)} (tabular GRPO records them)", {}
+    o = _stationary_outcomes(data, p)
+    evidence: dict[str, Any] = {}
+    for label, g in o.groupby("label", sort=False):
+        counts = g["outcome"].value_counts()
+        reasons = g.loc[g["reason"] != "", "reason"].value_counts()
+        evidence[f"label {label}"] = (
+            ", ".join(f"{k} {v}/{len(g)}" for k, v in counts.items())
+            + (f" ({', '.join(f'{k} {v}' for k, v in reasons.items())})" if len(reasons) else "")
+            + f"; J/J* {g['score'].min():.4f}-{g['score'].max():.4f}"
+            + f"; grad ratio {g['grad_ratio'].min():.2g}-{g['grad_ratio'].max():.2g}"
+        )
+    ref = o[o["label"].isin(p.reference)]
+    bad_ref = sorted(set(ref.loc[ref["outcome"] != "local-optimum", "label"]))
+    if bad_ref:
+        return (
+            "inconclusive",
+            f"the unbiased controls {bad_ref} did not all reach a local optimum: the budget or lr "
+            "cannot show convergence here",
+            evidence,
+        )
+    sub = o[o["label"].isin(p.subject)]
+    if sub.empty:
+        return "inconclusive", f"no run labelled {p.subject}", evidence
+    failing = []
+    for label, g in sub.groupby("label", sort=False):
+        k = int((g["outcome"] == "counterexample").sum())
+        if k >= 2 and k >= p.min_frac * len(g):
+            failing.append(f"{label} ({k}/{len(g)})")
+    n_local = int((sub["outcome"] == "local-optimum").sum())
+    n_und = int((sub["outcome"] == "undetermined").sum())
+    desc = (
+        f"{n_local} of {len(sub)} subject runs stopped at a local optimum, "
+        f"{int((sub['outcome'] == 'counterexample').sum())} stopped elsewhere, {n_und} still moving"
+    )
+    if failing:
+        return (
+            "violated",
+            f"stopped away from a local optimum: {', '.join(failing)}; " + desc,
+            evidence,
+        )
+    if n_local == len(sub):
+        return "holds", desc, evidence
+    if n_und == len(sub):
+        return "inconclusive", "no signal: every subject run was still moving; " + desc, evidence
     return "inconclusive", desc, evidence

@@ -1,12 +1,21 @@
 """Tests of grpo_lab/algorithms/grpo.py: gradient (un)biasedness against the exact grad J,
-convergence against the exact J*, batched == looped, divergence handling and bad input."""
+convergence against the exact J*, the recorded exact gradient norms against the policy
+gradient theorem and finite differences, batched == looped, divergence handling and bad
+input."""
 
 import pytest
 import torch
 
 from grpo_lab.algorithms.gradient import gradient_samples
-from grpo_lab.algorithms.grpo import GRPOConfig, train_grpo
-from grpo_lab.envs.tabular import TabularMDP, exact_grad, make_env
+from grpo_lab.algorithms.grpo import GRPOConfig, GRPOTrainer, exact_policy_grad_norm, train_grpo
+from grpo_lab.envs.tabular import (
+    TabularMDP,
+    exact_grad,
+    exact_return,
+    make_env,
+    policy_gradient_theorem_grad,
+    stack_mdps,
+)
 from grpo_lab.instrument import gradient_quality
 from grpo_lab.losses import LossConfig
 
@@ -177,10 +186,113 @@ def test_batched_equals_looped_for_the_same_seeds():
     for c, cfg in enumerate(cfgs):
         alone = train_grpo(mdp, cfg)
         torch.testing.assert_close(alone.final_probs[0], batched.final_probs[c], rtol=0, atol=1e-10)
-        for k, v in alone.stacked("step").items():
+        for where in ("step", "iter"):
+            for k, v in alone.stacked(where).items():
+                torch.testing.assert_close(
+                    v[0], batched.stacked(where)[k][c], rtol=1e-9, atol=1e-10, equal_nan=True
+                )
+        for k in ("grad_norm_init", "grad_norm_final"):
             torch.testing.assert_close(
-                v[0], batched.stacked("step")[k][c], rtol=1e-9, atol=1e-10, equal_nan=True
+                alone.summary[k][0], batched.summary[k][c], rtol=1e-9, atol=0
             )
+
+
+# ----------------------------------------------------------------------------- exact grad norms
+# The run records ||grad_phi J|| over the policy's own parameters phi (autograd through the exact
+# return). Independent routes: the policy gradient theorem dJ/dtheta_{s,a} = x(s) pi(a|s) A(s, a)
+# (Sutton et al. 1999; ``policy_gradient_theorem_grad``, no autograd) for the tabular softmax, and
+# central finite differences of ``exact_return`` in every parameter for both policies. Central
+# differences with h = 1e-6 in float64 err by O(h^2 J''') + O(eps_mach / h), ~1e-10 per component.
+
+
+def _fd_grad_norm(
+    mdp: TabularMDP, policy: torch.nn.Module, C: int, h: float = 1e-6
+) -> torch.Tensor:
+    """||grad J|| per configuration by central differences of exact_return in every parameter
+    entry (entry i of all C configurations at once: the configurations are independent)."""
+    sq = torch.zeros(C, dtype=torch.float64)
+    with torch.no_grad():
+        for p in policy.parameters():
+            flat = p.view(C, -1)
+            for i in range(flat.shape[1]):
+                x = flat[:, i].clone()
+                flat[:, i] = x + h
+                up = exact_return(mdp, policy.probs())
+                flat[:, i] = x - h
+                down = exact_return(mdp, policy.probs())
+                flat[:, i] = x
+                sq += ((up - down) / (2 * h)) ** 2
+    return sq.sqrt()
+
+
+def _pgt_norm(mdp: TabularMDP, logits: torch.Tensor) -> torch.Tensor:
+    return policy_gradient_theorem_grad(mdp, logits).flatten(1).norm(dim=-1)
+
+
+def test_recorded_grad_norms_equal_the_policy_gradient_theorem_for_the_tabular_policy():
+    mdp = make_env("garnet", num_states=4, num_actions=3, branching=2, seed=5, p_end=0.2)
+    cfgs = [GRPOConfig(iterations=4, lr=0.3, seed=s, init_std=0.7, loss="dapo") for s in (0, 1)]
+    trainer = GRPOTrainer(mdp, cfgs)
+    theta0 = trainer.policy.logits.detach().clone()  # (C, S, A)
+    for it in range(4):
+        trainer.update(it)
+    rec = trainer.finish()
+    summ = rec.summary
+    torch.testing.assert_close(summ["grad_norm_init"], _pgt_norm(mdp, theta0), rtol=1e-10, atol=0)
+    # the softmax's grad J depends on pi only: log pi serves as well as the trained logits
+    final = _pgt_norm(mdp, rec.final_probs.log())
+    torch.testing.assert_close(summ["grad_norm_final"], final, rtol=1e-10, atol=0)
+    torch.testing.assert_close(summ["grad_norm_final"], _fd_grad_norm(mdp, trainer.policy, 2))
+    it = rec.stacked("iter")["grad_norm"]  # (C, I): at pi_old of each iteration
+    assert it.shape == (2, 4)
+    torch.testing.assert_close(it[:, 0], summ["grad_norm_init"], rtol=0, atol=0)
+    assert not torch.allclose(it[:, -1], it[:, 0])  # it follows the policy
+
+
+def test_recorded_grad_norms_equal_finite_differences_for_the_mlp_policy():
+    # every weight and bias of the MLP is a coordinate of grad_phi J (hidden 32 on 5 one-hot
+    # states: 258 parameters per configuration); batched == alone as for the tabular policy
+    mdp = make_env("garnet", num_states=4, num_actions=2, branching=2, seed=1, p_end=0.3)
+    cfgs = [GRPOConfig(iterations=3, lr=0.05, seed=s, policy="mlp", loss="dr_grpo") for s in (3, 4)]
+    trainer = GRPOTrainer(mdp, cfgs)
+    init = _fd_grad_norm(mdp, trainer.policy, 2)
+    for it in range(3):
+        trainer.update(it)
+    rec = trainer.finish()
+    assert (init > 1e-3).all()  # the test has power: the gradient is far from zero
+    torch.testing.assert_close(rec.summary["grad_norm_init"], init, rtol=1e-7, atol=0)
+    final = _fd_grad_norm(mdp, trainer.policy, 2)
+    torch.testing.assert_close(rec.summary["grad_norm_final"], final, rtol=1e-7, atol=0)
+    it = rec.stacked("iter")["grad_norm"]
+    torch.testing.assert_close(it[:, 0], rec.summary["grad_norm_init"], rtol=0, atol=0)
+    for c, cfg in enumerate(cfgs):
+        alone = train_grpo(mdp, cfg)
+        for k in ("grad_norm_init", "grad_norm_final"):
+            torch.testing.assert_close(alone.summary[k][0], rec.summary[k][c], rtol=1e-9, atol=0)
+
+
+class _SharedLogits(torch.nn.Module):
+    """One (S, A) logit table serving C configurations: a parameter without a config axis."""
+
+    def __init__(self, logits: torch.Tensor, C: int) -> None:
+        super().__init__()
+        self.logits, self.C = torch.nn.Parameter(logits.clone()), C
+
+    def log_probs(self) -> torch.Tensor:
+        return torch.log_softmax(self.logits, -1).expand(self.C, *self.logits.shape)
+
+
+def test_exact_policy_grad_norm_with_parameters_shared_across_configurations():
+    # two different MDPs (one batched MDP) and one shared table: each configuration's norm is
+    # that of its own MDP's gradient, not of the summed one
+    mdps = [make_env("garnet", num_states=4, num_actions=2, branching=2, seed=s) for s in (0, 1)]
+    logits = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = exact_policy_grad_norm(stack_mdps(mdps), _SharedLogits(logits, 2), 2)
+    want = torch.stack([exact_grad(m, logits).norm() for m in mdps])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    # an unbatched policy (C = 1: the validate.py path) against the policy gradient theorem
+    one = exact_policy_grad_norm(mdps[0], _SharedLogits(logits, 1), 1)
+    torch.testing.assert_close(one, policy_gradient_theorem_grad(mdps[0], logits).norm()[None])
 
 
 def test_instrumentation_is_recorded_and_consistent():

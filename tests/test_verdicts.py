@@ -739,10 +739,21 @@ def _synthetic(p, summ, outcome):
         if outcome == "inconclusive":
             se[first_subject] = 2.0
         return SweepData(pd.DataFrame(), None, summ.assign(**{col: v, f"{col}_se": se}))
+    if rule == "stationary":
+        subject = summ["cfg.label"].isin(params["subject"]).to_numpy()
+        end = np.where(subject & (outcome == "violated"), 0.96, 1.0)
+        moving = subject & (outcome == "inconclusive")
+        its = []
+        for i, rid in enumerate(summ["run_id"]):
+            for e in range(100):
+                j = end[i] - 0.5 * 0.9**e - (0.001 * (100 - e) if moving[i] else 0.0)
+                its.append({"run_id": rid, "iteration": e, "J": j})
+        out = summ.assign(j_star=1.0, j_final=end, grad_norm_init=1.0, grad_norm_final=1e-4)
+        return SweepData(pd.DataFrame(), pd.DataFrame(its), out)
     raise AssertionError(f"no synthetic data for rule {rule!r}")
 
 
-JUDGED = sorted(n for n in find_protocols() if n != "grpo-stationary")
+JUDGED = sorted(find_protocols())
 
 
 @pytest.mark.parametrize("name", JUDGED)
@@ -752,3 +763,37 @@ def test_every_outcome_is_reachable_at_the_shipped_run_counts(name, outcome):
     data = _synthetic(p, summ, outcome)
     status, summary, _ = VERDICTS.get(p.verdict.rule)(data, p.verdict.params)
     assert status == outcome, f"{name}: {summary}"
+
+
+def test_stationary_tells_a_saturated_wrong_answer_from_a_local_optimum():
+    """The end points grpo-stationary measured: std-scaled GRPO stops at J/J* = 0.9617 with a
+    vanishing gradient (the better answer's probability -> 0), the unbiased control at the
+    optimum; a run still drifting is undetermined, and a failing control makes it inconclusive."""
+    rule = VERDICTS.get("stationary")
+
+    def runs(spec):  # label -> (J/J* at the end, grad ratio, drift per iteration)
+        its, summ = [], []
+        for label, (end, ratio, drift) in spec.items():
+            for seed in range(3):
+                rid = f"{label}-{seed}"
+                for e in range(50):
+                    its.append({"run_id": rid, "iteration": e,
+                                "J": end - 0.3 * 0.8**e - drift * (50 - e)})  # fmt: skip
+                summ.append({"run_id": rid, "cfg.label": label, "status": "ok", "j_star": 1.0,
+                             "j_final": end, "grad_norm_init": 2.0,
+                             "grad_norm_final": 2.0 * ratio})  # fmt: skip
+        return SweepData(pd.DataFrame(), pd.DataFrame(its), pd.DataFrame(summ))
+
+    params = {"subject": ["std"], "reference": ["rloo"]}
+    status, summary, ev = rule(runs({"std": (0.9617, 1e-3, 0), "rloo": (0.9996, 4e-3, 0)}), params)
+    assert status == "violated" and "std (3/3)" in summary
+    assert "counterexample 3/3 (suboptimal 3)" in ev["label std"]
+    status, _, ev = rule(runs({"std": (0.9996, 1e-3, 0), "rloo": (0.9996, 4e-3, 0)}), params)
+    assert status == "holds"
+    # a KL-pulled run: J flat but the gradient large -> "gradient"
+    status, _, ev = rule(runs({"std": (0.9996, 0.2, 0), "rloo": (0.9996, 4e-3, 0)}), params)
+    assert status == "violated" and "(gradient 3)" in ev["label std"]
+    status, summary, _ = rule(runs({"std": (0.96, 1e-3, 1e-3), "rloo": (1.0, 4e-3, 0)}), params)
+    assert summary.startswith("no signal: every subject run was still moving")
+    status, summary, _ = rule(runs({"std": (0.96, 1e-3, 0), "rloo": (0.9, 0.5, 0)}), params)
+    assert status == "inconclusive" and "controls ['rloo']" in summary

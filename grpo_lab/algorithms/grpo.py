@@ -10,6 +10,19 @@ One iteration, read top to bottom:
      to the initial policy), one optimiser step each.
   4. After every optimiser step, the instrumentation of ``grpo_lab.instrument`` against pi_old.
 
+Stationarity (is the end point a stationary point of J?): the exact gradient of the expected
+return with respect to the policy's own parameters phi (softmax logits, or every MLP weight),
+    grad_phi J(pi_phi) = sum_{s,a} x^pi(s) pi(a|s) A^pi(s, a) grad_phi log pi_phi(a|s)
+(the policy gradient theorem, Sutton et al. 1999, Thm. 1; ``exact_policy_grad_norm`` takes it by
+autograd through the exact return), is recorded as its Euclidean norm per configuration:
+    iterations table  grad_norm         ||grad_phi J|| at pi_old of each iteration (before its steps)
+    run summary       grad_norm_init    ||grad_phi J|| at the initial policy (= grad_norm of it 0)
+                      grad_norm_final   ||grad_phi J|| at the final policy (that of ``j_final``)
+GRPO's expected update (arXiv 2402.03300 eq. 3) is not grad J: std scaling re-weights start states
+and groups, 1/|o_i| re-weights episodes, so it can come to rest where grad J is not zero. A small
+grad_norm_final / grad_norm_init is the evidence of a stationary point of J; read it beside
+J / J*: a softmax saturated on a worse action also has a vanishing gradient (pi(a|s) A(s, a) -> 0).
+
 Batched configurations: every tensor carries a leading axis C (the PureJaxRL pattern, arXiv
 2210.05639), and the numeric hyperparameters ``lr``, ``seed``, ``loss.eps_low`` and
 ``loss.eps_high`` may differ between the C configurations; everything else must agree (it fixes
@@ -57,6 +70,40 @@ Tensor = torch.Tensor
 
 # fields that may differ across the C configurations of one batched run
 BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high")
+
+
+def exact_policy_grad_norm(mdp: TabularMDP, policy: torch.nn.Module, num_configs: int) -> Tensor:
+    """||grad_phi J(pi_phi)||_2 over all parameters phi of ``policy``, one per configuration.
+
+    grad_phi J = sum_{s,a} x^pi(s) pi(a|s) A^pi(s, a) grad_phi log pi_phi(a|s) (policy gradient
+    theorem, Sutton et al. 1999, Thm. 1), here by autograd through ``exact_return`` of the table
+    ``policy.log_probs().exp()``: exact for any differentiable policy (tabular softmax: the
+    ``exact_grad`` of its logits; MLP: every weight and bias). Configurations are independent, so
+    a parameter with a leading axis of size C gets grad of J.sum() split along that axis; a
+    parameter shared by the C configurations (a user's policy) is differentiated per configuration.
+    Shapes: ``policy.log_probs()`` (S, A) with C = 1, or (C, S, A) -> (C,).
+    """
+    C = num_configs
+    params = [p for p in policy.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        lp = policy.log_probs()
+        table = lp if lp.dim() == 3 else lp.unsqueeze(0)  # (C, S, A)
+        j = exact_return(mdp, table.exp())  # (C,)
+        sq = torch.zeros(C, dtype=j.dtype, device=j.device)
+        if not params:
+            return sq
+        per_axis = C == 1 or all(p.dim() >= 1 and p.shape[0] == C for p in params)
+        if per_axis:  # one backward pass: the C gradients lie along the leading axis
+            grads = torch.autograd.grad(j.sum(), params, allow_unused=True)
+            for g in grads:
+                if g is not None:
+                    sq = sq + g.reshape(C, -1).pow(2).sum(-1)
+            return sq.sqrt().detach()
+        rows = []
+        for c in range(C):  # shared parameters: one backward pass per configuration
+            grads = torch.autograd.grad(j[c], params, retain_graph=c < C - 1, allow_unused=True)
+            rows.append(sum((g.pow(2).sum() for g in grads if g is not None), sq.new_zeros(())))
+        return torch.stack(rows).sqrt().detach()
 
 
 class GRPOConfig(BaseModel):
@@ -243,6 +290,11 @@ class GRPOTrainer:
             update={"max_len": lc.max_len or mdp.horizon or cfg.max_steps}
         )
         self.step = 0
+        self.rec.summary["grad_norm_init"] = self.grad_norm().cpu()
+
+    def grad_norm(self) -> Tensor:
+        """||grad_phi J|| of the current policy per configuration (``exact_policy_grad_norm``)."""
+        return exact_policy_grad_norm(self.mdp, self.policy, self.C)
 
     def table(self) -> Tensor:
         """log pi_theta as a (C, S, A) table (an unbatched policy gets C = 1)."""
@@ -275,6 +327,7 @@ class GRPOTrainer:
             "iteration": torch.full((C,), float(it)),
             "J": j_old,
             "gap": self.j_star - j_old,
+            "grad_norm": self.grad_norm(),  # exact ||grad_phi J(pi_old)||
             "reward_mean": returns.mean(-1),
             "reward_std": returns.std(-1),
             "adv_abs_mean": adv.abs().mean(-1),
@@ -349,11 +402,12 @@ class GRPOTrainer:
         return {**metrics, **it_metrics}
 
     def finish(self) -> RunRecord:
-        """Close the record: final policy, its exact return and J*."""
+        """Close the record: final policy, its exact return, J* and ``grad_norm_final``."""
         final = self.table().detach().exp()
         self.rec.final_probs = final.cpu()
         self.rec.j_final = exact_return(self.mdp, final).cpu()
         self.rec.j_star = self.j_star.cpu()
+        self.rec.summary["grad_norm_final"] = self.grad_norm().cpu()
         return self.rec
 
 
@@ -368,7 +422,8 @@ def train_grpo(
     ``mdp`` is shared (unbatched) or batched with C = len(configs). Returns a ``RunRecord`` with
     per-step and per-iteration metrics (C, ...), a status per configuration ("ok" or "diverged"
     with the step and the reason: a non-finite loss or parameter stops that configuration, not the
-    batch) and the final policy tables in ``record.final_probs`` (C, S, A).
+    batch), the final policy tables in ``record.final_probs`` (C, S, A), and in
+    ``record.summary`` the exact ``grad_norm_init`` and ``grad_norm_final`` (C,) (module docstring).
     """
     trainer = GRPOTrainer(mdp, configs, device=device)
     for it in range(trainer.cfg.iterations):

@@ -184,9 +184,13 @@ def check(protocol: str = typer.Argument(..., help="Protocol name or TOML file."
         p = _protocol(protocol)
     except ProtocolError as e:
         raise _fail(str(e)) from None
-    from grpo_lab.protocols import expand
+    from grpo_lab.protocols import expand, expand_tuning
 
-    sizes = ", ".join(f"{b}: {len(expand(p, b))} runs" for b in BUDGETS)
+    def size(b: str) -> str:
+        tune = len(expand_tuning(p, b))
+        return f"{b}: {len(expand(p, b))} runs" + (f" (+ {tune} tuning runs)" if tune else "")
+
+    sizes = ", ".join(size(b) for b in BUDGETS)
     console.print(f"[green]ok[/] {p.name}: {sizes}")
 
 

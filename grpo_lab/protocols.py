@@ -78,6 +78,16 @@ class AlgoSpec(BaseModel):
     name: str
     label: str | None = None  # how reports name it (default: name)
     config: dict[str, Any] = Field(default_factory=dict)
+    # tuned per algorithm before the evaluation runs: dotted config field -> candidate values
+    tune: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("tune")
+    @classmethod
+    def _tune(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, values in v.items():
+            if not values:
+                raise ValueError(f"tune axis {k!r} is empty; give at least one value")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -105,6 +115,10 @@ class VerdictSpec(BaseModel):
 class Protocol(BaseModel):
     """A validated protocol file (module docstring)."""
 
+    def tuned(self) -> bool:
+        """Whether any algorithm is tuned before its evaluation runs (``tune``)."""
+        return any(a.tune for a in self.algorithms)
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     claim: str = Field(min_length=1)  # the seed's sentence, quoted
@@ -116,6 +130,7 @@ class Protocol(BaseModel):
     verdict: VerdictSpec
     suite: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]*$")  # `grpo-lab run --suite`
     not_shown: str = ""  # what the verdict does not show (printed beside its scope)
+    tune_seeds: list[int] = Field(default_factory=list)  # seeds of the tuning runs only
 
     @field_validator("grid")
     @classmethod
@@ -198,28 +213,77 @@ def _explain(e: ValidationError, where: str) -> str:
     return "; ".join(parts)
 
 
+ENV_AXIS = "env.kwargs."  # a grid key "env.kwargs.seed" varies the environment, not the config
+
+
+def _env_at(env: EnvSpec, point: dict[str, Any]) -> EnvSpec:
+    kw = {k.removeprefix(ENV_AXIS): v for k, v in point.items() if k.startswith(ENV_AXIS)}
+    return env.model_copy(update={"kwargs": {**env.kwargs, **kw}}) if kw else env
+
+
 def expand(
-    protocol: Protocol, budget: str = "quick", overrides: dict[str, Any] | None = None
+    protocol: Protocol,
+    budget: str = "quick",
+    overrides: dict[str, Any] | None = None,
+    tuned: dict[str, dict[str, Any]] | None = None,
 ) -> list[RunSpec]:
-    """Every run of ``protocol`` under ``budget``: algorithms x the grid's product, validated.
+    """Every evaluation run of ``protocol`` under ``budget``: algorithms x the grid's product,
+    validated.
 
     ``overrides`` (dotted config field -> value, as ``grpo-lab run --set``) apply after the
-    budget; a grid axis named in ``overrides`` is replaced by that single value.
+    budget; a grid axis named in ``overrides`` is replaced by that single value. Grid keys
+    ``env.kwargs.<name>`` vary the environment (several MDPs of a family) instead of the config.
+    ``tuned`` (label -> the chosen values of its ``tune`` axes, ``sweep.run_protocol`` finds them
+    on the tuning runs) applies after the budget; an algorithm with ``tune`` but no entry there
+    takes each tune axis's first value (what ``grpo-lab check`` validates).
     """
+    return _expand(protocol, budget, overrides, tuned, tuning=False)
+
+
+def expand_tuning(
+    protocol: Protocol, budget: str = "quick", overrides: dict[str, Any] | None = None
+) -> list[RunSpec]:
+    """The tuning runs: each algorithm with ``tune`` at every point of its tune axes x the
+    grid's environment axes x ``tune_seeds`` (disjoint from the evaluation seeds). The grid's
+    other axes are not tuned over: a tuned setting must hold for the evaluation grid."""
+    return _expand(protocol, budget, overrides, None, tuning=True)
+
+
+def _expand(
+    protocol: Protocol,
+    budget: str,
+    overrides: dict[str, Any] | None,
+    tuned: dict[str, dict[str, Any]] | None,
+    *,
+    tuning: bool,
+) -> list[RunSpec]:
     if budget not in BUDGETS:
         raise ProtocolError(f"unknown budget {budget!r}; choose one of {list(BUDGETS)}")
     overrides = overrides or {}
     grid = {k: ([overrides[k]] if k in overrides else v) for k, v in protocol.grid.items()}
     extra = {k: v for k, v in overrides.items() if k not in grid}
     budget_values = {**getattr(protocol.budget, budget), **extra}
-    keys = list(grid)
     runs = []
     for i, algo in enumerate(protocol.algorithms):
-        for values in itertools.product(*(grid[k] for k in keys)):
+        label = algo.label or algo.name
+        if tuning:
+            if not algo.tune:
+                continue
+            axes = {k: v for k, v in grid.items() if k.startswith(ENV_AXIS)}
+            axes.update({k: [overrides[k]] if k in overrides else v for k, v in algo.tune.items()})
+            axes["seed"] = protocol.tune_seeds
+            fixed = budget_values
+        else:
+            axes = grid
+            pick = (tuned or {}).get(label, {k: v[0] for k, v in algo.tune.items()})
+            fixed = {**budget_values, **{k: v for k, v in pick.items() if k not in overrides}}
+        keys = list(axes)
+        for values in itertools.product(*(axes[k] for k in keys)):
             point = dict(zip(keys, values, strict=True))
-            cfg = _resolve(algo, i, budget_values, point)
-            label = algo.label or algo.name
-            runs.append(RunSpec(protocol.name, algo.name, label, protocol.env, cfg, point))
+            cfg_point = {k: v for k, v in point.items() if not k.startswith(ENV_AXIS)}
+            cfg = _resolve(algo, i, fixed, cfg_point)
+            env = _env_at(protocol.env, point)
+            runs.append(RunSpec(protocol.name, algo.name, label, env, cfg, point))
     return runs
 
 
@@ -238,12 +302,16 @@ def load_protocol(path: str | Path) -> Protocol:
         protocol = Protocol.model_validate(data)
     except ValidationError as e:
         raise ProtocolError(f"{p.name}: " + _explain(e, "")) from None
-    errors = check_env(protocol.env) + check_verdict(protocol)
+    errors = check_verdict(protocol) + check_tuning(protocol)
+    envs = {protocol.env.model_dump_json(): protocol.env}
     for b in BUDGETS:
         try:
-            expand(protocol, b)
+            specs = expand(protocol, b) + expand_tuning(protocol, b)
+            envs.update({sp.env.model_dump_json(): sp.env for sp in specs})
         except ProtocolError as e:
             errors.append(f"(budget {b}) {e}")
+    for env in envs.values():
+        errors += [e for e in check_env(env) if e not in errors]
     if len(errors) == 1:
         raise ProtocolError(f"{p.name}: {errors[0]}")
     if errors:
@@ -269,6 +337,28 @@ def check_env(env: EnvSpec) -> list[str]:
     except (TypeError, ValueError) as e:
         return [f"env.kwargs: {env.name}: {e}"]
     return []
+
+
+def check_tuning(protocol: Protocol) -> list[str]:
+    """Tuned algorithms need tuning seeds disjoint from the evaluation seeds (a setting chosen on
+    the seeds it is judged on is not a fair comparison), and a tune axis is not a grid axis."""
+    if not protocol.tuned():
+        return (
+            ["tune_seeds: no algorithm has a tune table; remove tune_seeds or add one"]
+            if protocol.tune_seeds
+            else []
+        )
+    out = []
+    if not protocol.tune_seeds:
+        out.append("tune_seeds: algorithms with a tune table need tuning seeds, e.g. [100, 101]")
+    shared = sorted(set(protocol.tune_seeds) & set(protocol.grid.get("seed", [0])))
+    if shared:
+        out.append(f"tune_seeds: {shared} are also evaluation seeds (grid.seed); use fresh ones")
+    for i, a in enumerate(protocol.algorithms):
+        both = sorted(set(a.tune) & set(protocol.grid))
+        if both:
+            out.append(f"algorithms[{i}].tune: {both} are grid axes too; tune or sweep, not both")
+    return out
 
 
 def check_verdict(protocol: Protocol) -> list[str]:
@@ -299,7 +389,9 @@ def check_verdict(protocol: Protocol) -> list[str]:
     for f in params.AXES:
         v = getattr(params, f)
         if v not in axes:
-            hint = f" (did you mean 'cfg.{v}'?)" if f"cfg.{v}" in axes else did_you_mean(v, list(axes))
+            hint = (
+                f" (did you mean 'cfg.{v}'?)" if f"cfg.{v}" in axes else did_you_mean(v, list(axes))
+            )
             out.append(f"verdict.params.{f}: {v!r} is not a grid axis{hint}; axes: {sorted(axes)}")
     for f, af in params.CLAIMED:
         v, axis = getattr(params, f), getattr(params, af)
@@ -331,5 +423,3 @@ def find_protocols(
         if suite is None or raw.get("suite", "default") == suite:
             found[raw.get("name", f.stem)] = f
     return found
-
-

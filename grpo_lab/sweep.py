@@ -13,6 +13,11 @@
     failure  = a diverging configuration is recorded by the trainer ("diverged", with its step);
                a batch that raises is retried one run at a time, and a run that still raises is
                stored with status "error" and its message; the sweep goes on
+    tuning   = algorithms with a ``tune`` table first run every tune point on ``tune_seeds``
+               (and every environment of the grid) in ``<name>-<budget>-tune``; each keeps the
+               point with the best mean final score (``choose_tuned``), and only then do the
+               evaluation runs start, on the grid's own (fresh) seeds ("Deep RL that matters",
+               arXiv 1709.06560: each algorithm tuned, the same budget, fresh evaluation seeds)
     verdict  = the protocol's rule on the stored steps, written to ``verdict.json``
 
 Backends (``BACKENDS``):
@@ -25,6 +30,7 @@ are computed, never the numbers; resume, failure isolation and the verdict are t
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import traceback
@@ -40,8 +46,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from grpo_lab import store
 from grpo_lab.algorithms import ALGORITHMS
 from grpo_lab.envs import make as make_env
-from grpo_lab.protocols import Protocol, RunSpec, expand
-from grpo_lab.verdicts import Verdict, judge
+from grpo_lab.protocols import Protocol, RunSpec, expand, expand_tuning
+from grpo_lab.verdicts import SweepData, Verdict, final_scores, judge
 
 BACKENDS = ("local", "ray")
 
@@ -236,6 +242,77 @@ def _execute(
         yield from _execute_local(root, sweep, batches, workers)
 
 
+def choose_tuned(
+    protocol: Protocol, tune_path: str | Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each tuned algorithm's best point: the tune point with the highest mean final score
+    (``verdicts.final_scores`` with the verdict's ``score`` parameter) over its tuning runs
+    (tuning seeds x environments); ties go to the earlier point in the file's order. Returns
+    (label -> chosen values, label -> {point: mean score} as text for the evidence)."""
+    summary = store.load_results(tune_path, "summary")
+    score = str(protocol.verdict.params.get("score", "auto"))
+    s = final_scores(SweepData(steps=None, summary=summary), score)  # type: ignore[arg-type]
+    chosen: dict[str, dict[str, Any]] = {}
+    table: dict[str, Any] = {}
+    for algo in protocol.algorithms:
+        if not algo.tune:
+            continue
+        label = algo.label or algo.name
+        mine = s[s["cfg.label"] == label]
+        keys = list(algo.tune)
+        means = {}
+        for values in itertools.product(*(algo.tune[k] for k in keys)):
+            point = dict(zip(keys, values, strict=True))
+            hit = mine
+            for k, v in point.items():
+                first = k.split("+")[0]
+                hit = hit[hit[f"cfg.{first}"] == v]
+            if len(hit):
+                means[json.dumps(point)] = (point, float(hit["score"].mean()), len(hit))
+        if not means:
+            continue
+        best = max(means.values(), key=lambda t: t[1])  # max keeps the first of equal scores
+        chosen[label] = best[0]
+        table[label] = {k: f"{m:.4g} ({n} runs)" for k, (_, m, n) in means.items()}
+    return chosen, table
+
+
+def _run_specs(
+    root: Path,
+    sweep: str,
+    title: str,
+    specs: list[RunSpec],
+    grid: dict[str, Any],
+    *,
+    backend: str,
+    workers: int,
+    address: str | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[int, int]:
+    """Run (or resume) ``specs`` as sweep ``sweep``; returns (ran, skipped)."""
+    runs = {store.run_id(stored_config(s)): s for s in specs}
+    done = store.completed_runs(root, sweep) if store.sweep_dir(root, sweep).exists() else set()
+    todo = [(rid, s) for rid, s in runs.items() if rid not in done]
+    name = title.split(" ")[0]  # the protocol's name
+    store.write_manifest(root, sweep, protocol=name, grid=grid, runs=list(runs))
+    batches = make_batches(todo, batch_size)
+    columns = (
+        TextColumn(f"[bold]{title}[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("runs", total=len(runs), completed=len(runs) - len(todo))
+        run = _execute(root, sweep, batches, backend=backend, workers=workers, address=address)
+        for finished in run:
+            bar.advance(task, len(finished))
+    store.write_manifest(root, sweep, protocol=name, runs=list(runs))
+    return len(todo), len(runs) - len(todo)
+
+
 def run_protocol(
     protocol: Protocol,
     out: str | Path,
@@ -257,36 +334,42 @@ def run_protocol(
     Ray workers write their runs straight into ``out``: on a cluster, ``out`` must be a shared
     filesystem mounted at the same absolute path on every node (NFS, a cluster volume), or the
     runs land on the workers' disks and the driver finds no results to resume from or judge.
+
+    A protocol with tuned algorithms runs its tuning sweep ``<name>-<budget>-tune`` first
+    (module docstring, "tuning"); the chosen settings are stored in ``tuned.json`` beside the
+    verdict and named in its evidence.
     """
     check_backend(backend, workers, address)
     root = Path(out)
     sweep = f"{protocol.name}-{budget}"
-    specs = expand(protocol, budget, overrides)
-    runs = {store.run_id(stored_config(s)): s for s in specs}
-    done = store.completed_runs(root, sweep) if store.sweep_dir(root, sweep).exists() else set()
-    todo = [(rid, s) for rid, s in runs.items() if rid not in done]
-    store.write_manifest(
-        root,
-        sweep,
-        protocol=protocol.name,
-        grid={"budget": budget, "axes": protocol.grid, "overrides": overrides or {}},
-        runs=list(runs),
+    opts = dict(
+        backend=backend, workers=workers, address=address, batch_size=batch_size, progress=progress
     )
-    batches = make_batches(todo, batch_size)
-    columns = (
-        TextColumn(f"[bold]{protocol.name}[/] ({budget})"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} runs"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("runs", total=len(runs), completed=len(runs) - len(todo))
-        run = _execute(root, sweep, batches, backend=backend, workers=workers, address=address)
-        for finished in run:
-            bar.advance(task, len(finished))
-    store.write_manifest(root, sweep, protocol=protocol.name, runs=list(runs))
+    tuned, table = None, {}
+    ran = skipped = 0
+    if protocol.tuned():
+        tsweep = f"{sweep}-tune"
+        grid = {"budget": budget, "tune_seeds": protocol.tune_seeds, "overrides": overrides or {}}
+        r, k = _run_specs(
+            root, tsweep, f"{protocol.name} tuning ({budget})",
+            expand_tuning(protocol, budget, overrides), grid, **opts,
+        )  # fmt: skip
+        ran, skipped = ran + r, skipped + k
+        tuned, table = choose_tuned(protocol, store.sweep_dir(root, tsweep))
+    specs = expand(protocol, budget, overrides, tuned)
+    grid = {"budget": budget, "axes": protocol.grid, "overrides": overrides or {}}
+    if tuned:
+        grid["tuned"] = tuned
+    r, k = _run_specs(root, sweep, f"{protocol.name} ({budget})", specs, grid, **opts)
+    ran, skipped = ran + r, skipped + k
     sweep_path = store.sweep_dir(root, sweep)
     verdict = judge(protocol, sweep_path, budget=budget, overrides=overrides)
+    if tuned is not None:
+        store.atomic_write_bytes(
+            sweep_path / "tuned.json", json.dumps({"chosen": tuned, "mean_score": table}).encode()
+        )
+        verdict.evidence["tuned"] = tuned
+        verdict.evidence["tuning_mean_scores"] = table
+        verdict.scope += f"; each algorithm tuned on seeds {protocol.tune_seeds}: {tuned}"
     store.atomic_write_bytes(sweep_path / "verdict.json", verdict.to_json().encode())
-    return SweepResult(sweep_path, verdict, ran=len(todo), skipped=len(runs) - len(todo))
+    return SweepResult(sweep_path, verdict, ran=ran, skipped=skipped)

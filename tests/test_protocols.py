@@ -180,3 +180,45 @@ def test_cli_check_exits_2_before_anything_runs(tmp_path):
     assert res.exit_code == 2 and "verdict.params.claimed" in res.output
     res = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        (
+            "tune_seeds = [100, 101]",
+            "tune_seeds = [0, 100]",
+            r"tune_seeds: \[0\] are also evaluation",
+        ),
+        ("tune_seeds = [100, 101]", "", r"tune_seeds: algorithms with a tune table need"),
+        (
+            "tune = { lr = [0.01, 0.5] }",
+            'tune = { "loss.eps_low" = [0.1, 0.2] }',
+            r"tune: \['loss\.eps_low'\] are grid axes",
+        ),
+        (
+            "tune = { lr = [0.01, 0.5] }",
+            "tune = { lrr = [0.01] }",
+            r"grpo has no config field 'lrr'",
+        ),
+    ],
+)
+def test_tuning_needs_fresh_seeds_and_its_own_axes(tmp_path, old, new, match):
+    text = GOOD.replace('claim = "a claim"', 'claim = "a claim"\ntune_seeds = [100, 101]').replace(
+        'config = { loss = "dapo" }', 'config = { loss = "dapo" }\ntune = { lr = [0.01, 0.5] }'
+    )
+    p = load_protocol(_write(tmp_path, text, "ok.toml"))
+    assert len(expand(p, "quick")) == 6  # the first tune value until tuning chose one
+    assert {r.config.lr for r in expand(p, "quick", tuned={"grpo": {"lr": 0.5}})} == {0.5}
+    with pytest.raises(ProtocolError, match=match):
+        load_protocol(_write(tmp_path, text.replace(old, new, 1)))
+
+
+def test_env_axis_varies_the_environment_not_the_config(tmp_path):
+    text = GOOD.replace("seed = [0, 1, 2]", 'seed = [0, 1, 2]\n"env.kwargs.seed" = [3, 4]')
+    runs = expand(load_protocol(_write(tmp_path, text)), "quick")
+    assert len(runs) == 12 and {r.env.kwargs["seed"] for r in runs} == {3, 4}
+    assert all(r.env.kwargs["k"] == 3 for r in runs)
+    bad = GOOD.replace("seed = [0, 1, 2]", 'seed = [0, 1, 2]\n"env.kwargs.kk" = [3]')
+    with pytest.raises(ProtocolError, match=r"env\.kwargs\.kk: bandit has no argument 'kk'"):
+        load_protocol(_write(tmp_path, bad))

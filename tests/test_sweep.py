@@ -273,3 +273,56 @@ def test_classic_compare_runs_on_one_env_step_budget(tmp_path):
     assert "classic-compare" in r.verdict.scope or "CartPole-v1" in r.verdict.scope
     curves = sample_efficiency_table(load_sweep(r.sweep_path))
     assert set(curves["condition"]) == {"grpo", "trpo", "ppo"}
+
+
+TUNED = """
+name = "tuned"
+claim = "a claim"
+tune_seeds = [100, 101]
+[env]
+name = "bandit"
+kwargs = { k = 3, seed = 0 }
+[[algorithms]]
+name = "grpo"
+label = "a"
+config = { loss = "dapo" }
+tune = { lr = [0.001, 0.5] }
+[[algorithms]]
+name = "grpo"
+label = "b"
+config = { loss = "dr_grpo", lr = 0.2 }
+[grid]
+"env.kwargs.seed" = [0, 1]
+seed = [0, 1]
+[budget.quick]
+iterations = 3
+[verdict]
+rule = "improvement"
+params = { better = "a", worse = "b", reps = 200 }
+"""
+
+
+def test_tuned_protocol_tunes_on_its_own_seeds_then_evaluates_on_fresh_ones(tmp_path):
+    """Issue 12, item 9: each algorithm's lr is chosen on tuning seeds over every environment of
+    the grid (the best mean final J/J*, recomputed here from the stored tuning runs), then the
+    evaluation runs use it on the grid's seeds; untuned algorithms run as configured."""
+    path = tmp_path / "tuned.toml"
+    path.write_text(TUNED)
+    p = load_protocol(path)
+    r = run_protocol(p, tmp_path / "out", progress=False)
+    tune = store.load_results(tmp_path / "out" / "tuned-quick-tune", "summary")
+    assert len(tune) == 2 * 2 * 2  # lr x env x tuning seed, label "a" only
+    assert set(tune["cfg.seed"]) == {100, 101} and set(tune["cfg.label"]) == {"a"}
+    assert set(tune["cfg.env.kwargs.seed"]) == {0, 1}
+    means = (tune["j_final"] / tune["j_star"].abs()).groupby(tune["cfg.lr"]).mean()
+    best = float(means.idxmax())
+    chosen = json.loads((r.sweep_path / "tuned.json").read_text())["chosen"]
+    assert chosen == {"a": {"lr": best}} and r.verdict.evidence["tuned"] == chosen
+    ev = store.load_results(r.sweep_path, "summary")
+    assert len(ev) == 2 * 2 * 2 and set(ev["cfg.seed"]) == {0, 1}  # label x env x seed
+    assert set(ev.loc[ev["cfg.label"] == "a", "cfg.lr"]) == {best}
+    assert set(ev.loc[ev["cfg.label"] == "b", "cfg.lr"]) == {0.2}
+    assert r.verdict.evidence["tasks"] == ["cfg.env.kwargs.seed"]  # two MDPs: two tasks
+    assert "tuned on seeds [100, 101]" in r.verdict.scope
+    again = run_protocol(p, tmp_path / "out", progress=False)  # resumes both phases
+    assert again.ran == 0 and again.skipped == 16

@@ -592,18 +592,9 @@ def _best_setting(data: SweepData, p: BestSettingParams) -> Outcome:
         return "inconclusive", f"the sweep has no run with {axis} = {claimed}", evidence
     _signal_checks(data, s, axis)
     _ceiling_check(s, _default_ceiling(s.attrs["score_key"], p.ceiling), s.attrs["score"])
-    tied = _tied_to(s, axis)
-    pair_cols = _varying(s, tied)
-    strata_cols = [c for c in pair_cols if not c.endswith("seed") and c != "cfg.point_seed"]
+    wide, pair_cols, strata_cols = _paired_wide(s, axis)
     evidence["paired_by"] = pair_cols
     evidence["strata"] = strata_cols
-    key = s[pair_cols].astype(str).agg("|".join, axis=1) if pair_cols else pd.Series("", s.index)
-    stratum = (
-        s[strata_cols].astype(str).agg("|".join, axis=1) if strata_cols else pd.Series("", s.index)
-    )
-    s = s.assign(_pair=key, _stratum=stratum)
-    wide = s.pivot_table(index=["_stratum", "_pair"], columns=axis, values="score", aggfunc="first")
-    wide = wide.dropna()
     if len(wide) == 0:
         return "inconclusive", "no complete pair of runs over the axis values", evidence
     d_all = wide.sub(wide[claimed], axis=0).drop(columns=[claimed])
@@ -632,14 +623,7 @@ def _best_setting(data: SweepData, p: BestSettingParams) -> Outcome:
         )
     evidence["iqm_ci"] = {str(k): v for k, v in table.items()}
     evidence["pairs"] = int(len(wide))
-    diffs = {}
-    for v in d_all.columns:
-        m = by_stratum(d_all[v])
-        diffs[v] = (
-            stats.stratified_bootstrap_ci(m, "mean", reps=p.reps, seed=0)
-            if per > 1
-            else (float(m.mean()),) * 3
-        )
+    diffs = {v: _mean_diff_ci(d_all[v], p.reps) for v in d_all.columns}
     evidence["paired_difference_ci"] = {str(k): v for k, v in diffs.items()}
     what = s.attrs["score"]
     line = ", ".join(f"{v}: {d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for v, (d, lo, hi) in diffs.items())
@@ -1423,4 +1407,178 @@ def _stationary(data: SweepData, p: StationaryParams) -> Outcome:
         return "holds", desc, evidence
     if n_und == len(sub):
         return "inconclusive", "no signal: every subject run was still moving; " + desc, evidence
+    return "inconclusive", desc, evidence
+
+
+# ----------------------------------------------------------------------------- paired helpers
+
+
+def _paired_wide(s: pd.DataFrame, axis: str) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Runs equal but for ``axis`` (and the columns zipped with it) side by side: a frame indexed
+    (stratum, pair) with one score column per axis value; the pairing and stratum columns."""
+    pair_cols = _varying(s, _tied_to(s, axis))
+    strata_cols = [c for c in pair_cols if not c.endswith("seed")]
+
+    def join(cols: list[str]) -> pd.Series:
+        return s[cols].astype(str).agg("|".join, axis=1) if cols else pd.Series("", s.index)
+
+    t = s.assign(_pair=join(pair_cols), _stratum=join(strata_cols))
+    wide = t.pivot_table(index=["_stratum", "_pair"], columns=axis, values="score", aggfunc="first")
+    return wide.dropna(), pair_cols, strata_cols
+
+
+def _mean_diff_ci(d: pd.Series, reps: int) -> tuple[float, float, float]:
+    """Mean over strata of the per-stratum mean paired difference, with a 95% stratified
+    bootstrap CI (pairs resampled within their stratum, arXiv 2108.13264 §4.1)."""
+    from grpo_lab import stats
+
+    strata = sorted(d.index.get_level_values(0).unique())
+    per = min(int((d.index.get_level_values(0) == k).sum()) for k in strata)
+    m = np.stack([d.xs(k, level=0).to_numpy(dtype=float)[:per] for k in strata], axis=1)
+    if per < 2:
+        v = float(m.mean())
+        return v, v, v
+    return stats.stratified_bootstrap_ci(m, "mean", reps=reps, seed=0)  # type: ignore[return-value]
+
+
+class InteriorParams(Params):
+    AXES: ClassVar[tuple[str, ...]] = ("axis",)
+    axis: str
+    score: Score = "auto"
+    ceiling: float | None = None
+    reps: int = Field(2000, ge=100)
+
+    def hypothesis(self) -> str:
+        return (
+            f"some interior value of {self.axis} beats both its smallest and its largest value "
+            "(a balanced setting), in paired runs"
+        )
+
+
+@rule("interior-optimum", InteriorParams)
+def _interior_optimum(data: SweepData, p: InteriorParams) -> Outcome:
+    """A claim that a balanced (interior) setting of an axis is best (the seed: "Optimal c1:
+    Balanced approach"). Runs are paired across the axis (same seed and other settings); for an
+    interior value v and the two end values lo < v < hi, the paired differences
+    score(v) - score(lo) and score(v) - score(hi), each a mean over strata with a 95% stratified
+    bootstrap CI. Holds when some interior v has both CIs above 0; violated when an end value
+    beats every interior value (every CI of score(end) - score(v) above 0); else inconclusive.
+    """
+    s = final_scores(data, p.score)
+    evidence: dict[str, Any] = {"axis": p.axis}
+    if p.axis not in s:
+        return "inconclusive", f"the sweep has no column {p.axis!r}", evidence
+    values = sorted(s[p.axis].unique().tolist())
+    if len(values) < 3:
+        return "inconclusive", f"{p.axis} needs >= 3 values for an interior one", evidence
+    _signal_checks(data, s, None)
+    _ceiling_check(s, _default_ceiling(s.attrs["score_key"], p.ceiling), s.attrs["score"])
+    wide, pair_cols, _ = _paired_wide(s, p.axis)
+    evidence["paired_by"] = pair_cols
+    if len(wide) == 0:
+        return "inconclusive", "no complete pair of runs over the axis values", evidence
+    if np.allclose(wide.sub(wide[values[0]], axis=0).to_numpy(dtype=float), 0.0, atol=1e-12):
+        raise NoSignal(f"every value of {p.axis} gave identical results in every pair", evidence)
+    lo, hi, inner = values[0], values[-1], values[1:-1]
+    diffs = {
+        (a, b): _mean_diff_ci(wide[a] - wide[b], p.reps) for a in values for b in values if a != b
+    }
+    evidence["paired_difference_ci"] = {f"{a} - {b}": v for (a, b), v in diffs.items()}
+    balanced = [v for v in inner if diffs[(v, lo)][1] > 0 and diffs[(v, hi)][1] > 0]
+    ends = [e for e in (lo, hi) if all(diffs[(e, v)][1] > 0 for v in inner)]
+    line = ", ".join(
+        f"{v} - {e}: {d:+.3g} [{a:+.3g}, {b:+.3g}]"
+        for v in inner
+        for e in (lo, hi)
+        for d, a, b in [diffs[(v, e)]]
+    )
+    desc = f"paired differences in final {s.attrs['score']} (mean, 95% CI): {line}"
+    if balanced:
+        return "holds", f"{p.axis} = {balanced} beats both ends; " + desc, evidence
+    if ends:
+        return "violated", f"the end value(s) {ends} beat every interior value; " + desc, evidence
+    return "inconclusive", "no interior value separates from both ends; " + desc, evidence
+
+
+class BestOfBothParams(Params):
+    LABELS: ClassVar[tuple[str, ...]] = ("subject", "fast", "stable")
+    subject: str
+    fast: str
+    stable: str
+    fraction: float = Field(0.9, gt=0.0, le=1.0)
+    speed_target: float | None = None
+    ceiling: float | None = None
+    speed_margin: float = Field(0.0, ge=0.0)  # iterations (or env steps) slower than fast allowed
+    drawdown_margin: float = Field(0.01, ge=0.0)  # drawdown above stable's allowed (x |J*|)
+    reps: int = Field(2000, ge=100)
+
+    def hypothesis(self) -> str:
+        return (
+            f"{self.subject} reaches the target no later than {self.fast} (+{self.speed_margin:g})"
+            f" AND falls back no further than {self.stable} (+{self.drawdown_margin:g}), per seed"
+        )
+
+
+@rule("best-of-both", BestOfBothParams)
+def _best_of_both(data: SweepData, p: BestOfBothParams) -> Outcome:
+    """The seed's "Adaptive learning rate: Best of both worlds": as fast as the high rate and as
+    stable as the low one. Per seed (paired: the conditions share seeds), with speed and
+    drawdown as in ``speed-and-instability``:
+        d_speed    = speed(subject) - speed(fast)          (fewer iterations is faster)
+        d_drawdown = drawdown(subject) - drawdown(stable)
+    each a mean over seeds with a 95% bootstrap CI. Holds when the CI of d_speed lies at or below
+    ``speed_margin`` and that of d_drawdown below ``drawdown_margin``; violated when either CI
+    lies above its margin; else inconclusive (the summary names each half).
+    """
+    sp = _speed(data, p.fraction, p.speed_target).set_index("run_id")
+    dd = _drawdown(data, p.ceiling).set_index("run_id")
+    df = sp[["cfg.label", "speed"]].join(dd["drawdown"])
+    seed_col = next((c for c in ("cfg.seed", "cfg.point_seed") if c in sp), None)
+    if seed_col is None:
+        return "inconclusive", "no seed column to pair the conditions", {}
+    df["seed"] = sp[seed_col]
+    labels = set(df["cfg.label"])
+    missing = sorted({p.subject, p.fast, p.stable} - labels)
+    if missing:
+        return "inconclusive", f"the sweep lacks {missing}", {}
+    wide_s = df.pivot_table(index="seed", columns="cfg.label", values="speed").dropna()
+    wide_d = df.pivot_table(index="seed", columns="cfg.label", values="drawdown").dropna()
+    d_speed = (wide_s[p.subject] - wide_s[p.fast]).rename_axis(None)
+    d_dd = (wide_d[p.subject] - wide_d[p.stable]).rename_axis(None)
+
+    def as_strata(d: Any) -> pd.Series:  # one stratum: the seeds are the pairs
+        d = np.asarray(d, dtype=float)
+        return pd.Series(d, index=pd.MultiIndex.from_product([[""], range(len(d))]))
+
+    cs = _mean_diff_ci(as_strata(d_speed), p.reps)
+    cd = _mean_diff_ci(as_strata(np.nan_to_num(d_dd, posinf=1e300)), p.reps)
+    unit = sp.attrs["unit"]
+    evidence: dict[str, Any] = {
+        "seeds": int(len(d_speed)),
+        f"speed_difference_vs_{p.fast}_ci": cs,
+        f"drawdown_difference_vs_{p.stable}_ci": cd,
+    }
+    for lab in (p.subject, p.fast, p.stable):
+        g = df[df["cfg.label"] == lab]
+        evidence[f"median_speed_{lab}"] = float(g["speed"].median())
+        evidence[f"max_drawdown_{lab}"] = float(g["drawdown"].max())
+    s_half = "holds" if cs[2] <= p.speed_margin else "violated" if cs[1] > p.speed_margin else "?"
+    d_half = (
+        "holds" if cd[2] <= p.drawdown_margin else "violated" if cd[1] > p.drawdown_margin else "?"
+    )
+    desc = (
+        f"{unit} to target, {p.subject} - {p.fast}: {cs[0]:+.3g} [{cs[1]:+.3g}, {cs[2]:+.3g}] "
+        f"(margin {p.speed_margin:g}); drawdown, {p.subject} - {p.stable}: {cd[0]:+.3g} "
+        f"[{cd[1]:+.3g}, {cd[2]:+.3g}] (margin {p.drawdown_margin:g})"
+    )
+    evidence.update(speed_half=s_half, stability_half=d_half)
+    if s_half == d_half == "holds":
+        return (
+            "holds",
+            "as fast as the fast setting and as stable as the stable one: " + desc,
+            evidence,
+        )
+    if "violated" in (s_half, d_half):
+        which = [h for h, st in (("speed", s_half), ("stability", d_half)) if st == "violated"]
+        return "violated", f"the {' and '.join(which)} half fails: " + desc, evidence
     return "inconclusive", desc, evidence

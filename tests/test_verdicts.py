@@ -797,3 +797,56 @@ def test_stationary_tells_a_saturated_wrong_answer_from_a_local_optimum():
     assert summary.startswith("no signal: every subject run was still moving")
     status, summary, _ = rule(runs({"std": (0.96, 1e-3, 0), "rloo": (0.9, 0.5, 0)}), params)
     assert status == "inconclusive" and "controls ['rloo']" in summary
+
+
+def _c1_runs(effect, seeds=6):
+    """Paired runs over c1 in {0.1, 0.5, 2.0}: J/J* = 0.5 + 0.02 seed + effect(c1, seed)."""
+    rows = []
+    for c1 in (0.1, 0.5, 2.0):
+        for s in range(seeds):
+            rows.append({"run_id": f"{c1}-{s}", "cfg.loss.vf_coef": c1, "cfg.seed": s,
+                         "status": "ok", "j_final": 0.5 + 0.02 * s + effect(c1, s),
+                         "j_star": 1.0})  # fmt: skip
+    return SweepData(pd.DataFrame(), summary=pd.DataFrame(rows))
+
+
+def test_interior_optimum_reaches_each_outcome():
+    rule = VERDICTS.get("interior-optimum")
+    params = {"axis": "cfg.loss.vf_coef", "reps": 500}
+    noise = lambda s: 0.002 * ((s % 3) - 1)  # noqa: E731
+    status, summary, _ = rule(_c1_runs(lambda c, s: 0.1 * (c == 0.5) + noise(s)), params)
+    assert status == "holds" and "[0.5] beats both ends" in summary
+    status, summary, _ = rule(_c1_runs(lambda c, s: 0.1 * (c == 2.0) + noise(s)), params)
+    assert status == "violated" and "[2.0]" in summary
+    # monotone: 2.0 > 0.5 > 0.1, the top end beats the interior -> violated; tied -> inconclusive
+    wobble = lambda c, s: 0.05 * (-1) ** s * (c == 0.5)  # noqa: E731
+    assert rule(_c1_runs(wobble), params)[0] == "inconclusive"
+
+
+def test_best_of_both_reaches_each_outcome_and_names_the_half():
+    rule = VERDICTS.get("best-of-both")
+    params = {"subject": "adaptive", "fast": "high", "stable": "low", "reps": 500}
+
+    def data(spec, seeds=8):  # label -> (hit iteration, drawdown, drawdown jitter over seeds)
+        its, summ = [], []
+        for label, (hit, dd, jit) in spec.items():
+            for s in range(seeds):
+                rid = f"{label}-{s}"
+                fall = dd + jit * ((s % 3) - 1)
+                for e in range(30):
+                    j = (0.95 if e >= hit + (s % 2) else 0.5) - (fall if e == 29 else 0)
+                    its.append({"run_id": rid, "iteration": e, "J": j})
+                summ.append({"run_id": rid, "cfg.label": label, "cfg.seed": s, "status": "ok",
+                             "j_star": 1.0, "j_final": its[-1]["J"]})  # fmt: skip
+        return SweepData(pd.DataFrame(), pd.DataFrame(its), pd.DataFrame(summ))
+
+    best = {"high": (5, 0.1, 0), "low": (20, 0.0, 0), "adaptive": (5, 0.0, 0)}
+    assert rule(data(best), params)[0] == "holds"
+    slow = {**best, "adaptive": (15, 0.0, 0)}
+    status, summary, _ = rule(data(slow), params)
+    assert status == "violated" and "the speed half fails" in summary
+    shaky = {**best, "adaptive": (5, 0.1, 0)}
+    status, summary, _ = rule(data(shaky), params)
+    assert status == "violated" and "the stability half fails" in summary
+    unsure = {**best, "adaptive": (5, 0.01, 0.02)}  # mean 0.01 +- noise straddles the margin
+    assert rule(data(unsure), params)[0] == "inconclusive"

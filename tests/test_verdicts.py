@@ -850,3 +850,13 @@ def test_best_of_both_reaches_each_outcome_and_names_the_half():
     assert status == "violated" and "the stability half fails" in summary
     unsure = {**best, "adaptive": (5, 0.01, 0.02)}  # mean 0.01 +- noise straddles the margin
     assert rule(data(unsure), params)[0] == "inconclusive"
+
+
+def test_classic_epsilon_sweep_holds_eps_constant_below_a_ceiling():
+    """Item 8: the swept eps is the clip of every update (not annealed to 0) on a task whose
+    returns the runs do not cap (Acrobot-v1: a solved policy scores about -60 to -100)."""
+    p = load_protocol(find_protocols()["classic-epsilon-sweep"])
+    runs = expand(p, "full")
+    assert {r.config.anneal_clip for r in runs} == {False}
+    assert {r.config.env_id for r in runs} == {"Acrobot-v1"}
+    assert {r.config.clip_coef for r in runs} == {0.1, 0.2, 0.3}

@@ -1,7 +1,7 @@
 """Tests of grpo_lab/algorithms/grpo.py: gradient (un)biasedness against the exact grad J,
 convergence against the exact J*, the recorded exact gradient norms against the policy
 gradient theorem and finite differences, batched == looped, divergence handling and bad
-input."""
+input, and the lr schedules (constant, linear, cosine, kl-adaptive)."""
 
 import pytest
 import torch
@@ -15,6 +15,7 @@ from grpo_lab.envs.tabular import (
     make_env,
     policy_gradient_theorem_grad,
     stack_mdps,
+    state_visitation,
 )
 from grpo_lab.instrument import gradient_quality
 from grpo_lab.losses import LossConfig
@@ -197,6 +198,158 @@ def test_batched_equals_looped_for_the_same_seeds():
             )
 
 
+# ----------------------------------------------------------------------------- lr schedules
+# lr_t for t = 0 .. T-1 (grpo.py module docstring): linear lr (1 - t / T), cosine
+# lr (1 + cos(pi t / T)) / 2; kl-adaptive lr / 1.5 (>= lr_min) when the iteration's exact
+# KL(pi_old || pi_new) > 2 kl_target, 1.5 lr (<= lr_max) when < kl_target / 2 (rl_games, rsl_rl).
+# Hand-worked with lr = 0.8, T = 4: cos(pi / 4) = 0.70710678...
+#   linear  0.8, 0.6, 0.4, 0.2
+#   cosine  0.8, 0.8 (1 + 0.7071) / 2 = 0.68284271, 0.4, 0.8 (1 - 0.7071) / 2 = 0.11715729
+HAND_LR = {
+    "constant": [0.8, 0.8, 0.8, 0.8],
+    "linear": [0.8, 0.6, 0.4, 0.2],
+    "cosine": [0.8, 0.6828427124746190, 0.4, 0.1171572875253810],
+}
+
+
+def _assert_batch_equals_alone(mdp: TabularMDP, cfgs: list[GRPOConfig]) -> None:
+    batched = train_grpo(mdp, cfgs)
+    for c, cfg in enumerate(cfgs):
+        alone = train_grpo(mdp, cfg)
+        torch.testing.assert_close(alone.final_probs[0], batched.final_probs[c], rtol=0, atol=1e-10)
+        for where in ("step", "iter"):
+            b = batched.stacked(where)
+            for k, v in alone.stacked(where).items():
+                torch.testing.assert_close(v[0], b[k][c], rtol=1e-9, atol=1e-10, equal_nan=True)
+
+
+def test_fixed_schedules_log_the_lr_of_their_formulas():
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=1)
+    cfgs = [GRPOConfig(iterations=4, lr=0.8, lr_schedule=k, seed=0, audit=False) for k in HAND_LR]
+    trainer = GRPOTrainer(mdp, cfgs)
+    for it in range(4):
+        trainer.update(it)
+        # the optimiser holds lr_t while the steps of iteration t run
+        held = trainer.opt.param_groups[0]["lr"]
+        want = torch.tensor([HAND_LR[k][it] for k in HAND_LR], dtype=torch.float64)
+        torch.testing.assert_close(held, want)
+    logged = trainer.finish().stacked("iter")["lr"]
+    torch.testing.assert_close(logged, torch.tensor(list(HAND_LR.values()), dtype=torch.float64))
+
+
+def test_the_optimiser_steps_with_the_scheduled_lr():
+    # SGD (theta <- theta - lr g), one step per iteration, T = 2, all configurations on seed 0:
+    # iteration 0 runs at lr_0 = lr in each, so pi_old, the episodes and the gradient g of
+    # iteration 1 are the same in each, and its step is -lr_1 g: the step of a schedule is
+    # lr_1 / lr times the constant run's (linear and cosine at T = 2: lr_1 = lr / 2; kl-adaptive:
+    # lr / 1.5, the first iteration's KL ~ 8e-4 being above 2 kl_target = 2e-4).
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=1)
+    base = GRPOConfig(iterations=2, lr=3.0, optimizer="sgd", loss="dapo", seed=0, audit=False)
+    scheds = [
+        {"lr_schedule": "constant"},
+        {"lr_schedule": "linear"},
+        {"lr_schedule": "cosine"},
+        {"lr_schedule": "kl-adaptive", "kl_target": 1e-4, "lr_max": 3.0},
+    ]
+    trainer = GRPOTrainer(mdp, [base.model_copy(update=u) for u in scheds])
+    trainer.update(0)
+    theta1 = trainer.policy.logits.detach().clone()  # (C, S, A)
+    torch.testing.assert_close(theta1, theta1[:1].expand_as(theta1), rtol=0, atol=0)
+    trainer.update(1)
+    step = trainer.policy.logits.detach() - theta1
+    assert step[0].abs().max() > 1e-3  # the test has power: the constant run moved
+    lr1 = trainer.finish().stacked("iter")["lr"][:, 1]
+    torch.testing.assert_close(lr1, torch.tensor([3.0, 1.5, 1.5, 2.0], dtype=torch.float64))
+    for c in range(1, 4):
+        torch.testing.assert_close(step[c], step[0] * (lr1[c] / 3.0), rtol=1e-9, atol=1e-12)
+
+
+def _kl_adaptive_configs() -> list[GRPOConfig]:
+    # chosen so that every branch of the rule happens within 12 iterations: lr = 1 gives a first
+    # KL ~ 0.4 (divide, then the lr_min clamp at 0.3), later KLs below kl_target / 2 (multiply,
+    # then the lr_max clamp), KLs inside the band (hold); lr = 0.02 climbs to its lr_max 0.1
+    kw = {"iterations": 12, "loss": "dapo", "lr_schedule": "kl-adaptive", "kl_target": 0.01}
+    return [
+        GRPOConfig(lr=1.0, lr_min=0.3, lr_max=1.0, seed=0, **kw),
+        GRPOConfig(lr=1.0, lr_min=0.3, lr_max=1.0, seed=1, **kw),
+        GRPOConfig(lr=0.02, lr_min=0.01, lr_max=0.1, seed=2, **kw),
+    ]
+
+
+def test_kl_adaptive_lr_follows_its_rule_on_the_logged_kl():
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=1)
+    cfgs = _kl_adaptive_configs()
+    trainer = GRPOTrainer(mdp, cfgs)
+    kl_hand = []
+    for it in range(12):
+        old = trainer.table().detach().exp()
+        trainer.update(it)
+        new = trainer.table().detach().exp()
+        # KL(pi_old || pi_new) by hand: sum_s d^{pi_old}(s) sum_a pi_old log(pi_old / pi_new)
+        d = state_visitation(mdp, old)  # (C, S)
+        kl_hand.append((d * (old * (old.log() - new.log())).sum(-1)).sum(-1))
+    rec = trainer.finish()
+    it = rec.stacked("iter")
+    torch.testing.assert_close(it["kl_iter"], torch.stack(kl_hand, -1), rtol=1e-10, atol=1e-15)
+    # the logged KL is also the instrumentation's kl_mean after the iteration's (only) step
+    torch.testing.assert_close(it["kl_iter"], rec.stacked("step")["kl_mean"], rtol=0, atol=0)
+    events = set()
+    for c, cfg in enumerate(cfgs):
+        lr, want = cfg.lr, []
+        for kl in it["kl_iter"][c].tolist():
+            want.append(lr)
+            if kl > 2 * cfg.kl_target:
+                new_lr = max(lr / 1.5, cfg.lr_min)
+                events.add("min clamp" if new_lr == cfg.lr_min else "divide")
+            elif kl < cfg.kl_target / 2:
+                new_lr = min(lr * 1.5, cfg.lr_max)
+                events.add("max clamp" if new_lr == cfg.lr_max else "multiply")
+            else:
+                new_lr = lr
+                events.add("hold")
+            lr = new_lr
+        torch.testing.assert_close(it["lr"][c], torch.tensor(want, dtype=torch.float64))
+    # the test has power: every branch of the rule was taken
+    assert events == {"divide", "min clamp", "multiply", "max clamp", "hold"}, events
+
+
+def test_batch_equals_alone_across_schedules():
+    # lr_schedule, kl_target, lr_min and lr_max are batchable: one batch mixes the four
+    # schedules (and two kl-adaptive configurations), each run as it would alone
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=1)
+    base = GRPOConfig(iterations=5, epochs=2, minibatches=2, num_groups=4, group_size=4)
+    cfgs = [
+        base.model_copy(update={"lr": 0.05, "seed": 0}),
+        base.model_copy(update={"lr": 0.2, "seed": 1, "lr_schedule": "linear"}),
+        base.model_copy(update={"lr": 0.5, "seed": 2, "lr_schedule": "cosine"}),
+        base.model_copy(update={"lr": 0.5, "seed": 3, "lr_schedule": "kl-adaptive"}),
+        base.model_copy(
+            update={"lr": 0.3, "seed": 4, "lr_schedule": "kl-adaptive", "kl_target": 0.001}
+        ),
+    ]
+    _assert_batch_equals_alone(mdp, cfgs)
+
+
+def test_the_default_schedule_is_constant_and_leaves_the_optimiser_alone():
+    cfg = GRPOConfig()
+    assert cfg.lr_schedule == "constant"
+    mdp = make_env("garnet", num_states=5, num_actions=3, branching=2, seed=1)
+    cfgs = [GRPOConfig(iterations=3, lr=lr, seed=s, audit=False) for lr, s in ((0.1, 0), (0.5, 1))]
+    trainer = GRPOTrainer(mdp, cfgs)
+    lr_tensor = trainer.opt.param_groups[0]["lr"]
+    for it in range(3):
+        trainer.update(it)
+    assert trainer.opt.param_groups[0]["lr"] is lr_tensor  # never written
+    rec = trainer.finish()
+    torch.testing.assert_close(
+        rec.stacked("iter")["lr"], torch.tensor([[0.1] * 3, [0.5] * 3], dtype=torch.float64)
+    )
+    # the kl-adaptive fields are inert under a fixed schedule
+    inert = [c.model_copy(update={"kl_target": 0.3, "lr_min": 1e-3, "lr_max": 2.0}) for c in cfgs]
+    other = train_grpo(mdp, inert)
+    torch.testing.assert_close(other.final_probs, rec.final_probs, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- exact grad norms
 # The run records ||grad_phi J|| over the policy's own parameters phi (autograd through the exact
 # return). Independent routes: the policy gradient theorem dJ/dtheta_{s,a} = x(s) pi(a|s) A(s, a)
@@ -342,6 +495,10 @@ def test_a_diverging_configuration_is_recorded_not_raised():
         ({"loss": "grpo2"}, r"unknown preset 'grpo2'"),
         ({"lr": 0.0}, "lr"),
         ({"epsilon": 0.2}, "epsilon"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"lr_schedule": "kl-adaptive", "lr": 2.0}, r"lr_min <= lr <= lr_max"),
+        ({"lr_schedule": "kl-adaptive", "lr": 1e-7}, r"lr_min <= lr <= lr_max"),
+        ({"kl_target": 0.0}, "kl_target"),
     ],
 )
 def test_bad_config(kwargs, match):

@@ -65,6 +65,39 @@ def test_adam_fused_and_multi_tensor_paths_equal_torch_adam(fused, lr):
         torch.testing.assert_close(p.detach(), torch.stack([r[k].detach() for r in refs]))
 
 
+@pytest.mark.parametrize("name, fused", [("adam", True), ("adam", False), ("sgd", False)])
+def test_a_per_config_lr_changed_between_steps_equals_torch_per_config(name, fused):
+    # What an lr schedule does (grpo.py lr_schedule): param_groups[0]["lr"] is replaced by a new
+    # (C,) tensor before each step, each configuration on its own sequence (here rows decay,
+    # grow, and two rows meet at one value, which the fused path then steps in one call). The
+    # reference: torch.optim per configuration, its float lr set to the same value each step.
+    g = torch.Generator().manual_seed(2)
+    c, d = 3, 4
+    init = torch.randn(c, d, generator=g, dtype=torch.float64)
+    target = torch.randn(c, d, generator=g, dtype=torch.float64)
+    seqs = [[0.1 * 0.5**t for t in range(6)], [0.01 * 1.5**t for t in range(6)]]
+    seqs.append([0.1 * 0.5**t if t != 3 else 0.01 * 1.5**3 for t in range(6)])  # meets row 1
+    batched = init.clone().requires_grad_(True)
+    lr0 = torch.tensor([s[0] for s in seqs], dtype=torch.float64)
+    opt = (
+        BatchedAdam([batched], lr=lr0, fused=fused)
+        if name == "adam"
+        else BatchedSGD([batched], lr0)
+    )
+    singles = [init[i].clone().requires_grad_(True) for i in range(c)]
+    ref_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    refs = [ref_cls([p], lr=seqs[i][0]) for i, p in enumerate(singles)]
+    for t in range(6):
+        opt.param_groups[0]["lr"] = torch.tensor([s[t] for s in seqs], dtype=torch.float64)
+        _quadratic_grads(batched, target)
+        opt.step()
+        for i, (p, o) in enumerate(zip(singles, refs, strict=True)):
+            o.param_groups[0]["lr"] = seqs[i][t]
+            _quadratic_grads(p, target[i])
+            o.step()
+    torch.testing.assert_close(batched.detach(), torch.stack([p.detach() for p in singles]))
+
+
 def test_scalar_lr_and_zero_grad():
     p = torch.ones(3, requires_grad=True)
     opt = BatchedSGD([p], lr=0.5)

@@ -739,6 +739,39 @@ def _synthetic(p, summ, outcome):
         if outcome == "inconclusive":
             se[first_subject] = 2.0
         return SweepData(pd.DataFrame(), None, summ.assign(**{col: v, f"{col}_se": se}))
+    if rule == "best-of-both":
+        lab = summ["cfg.label"].to_numpy()
+        hit = {params["fast"]: 5, params["stable"]: 40}
+        fall = {params["fast"]: 0.1, params["stable"]: 0.0}
+        sub = {"holds": (5, 0.0), "violated": (40, 0.0), "inconclusive": (5, 0.0)}[outcome]
+        hit[params["subject"]], fall[params["subject"]] = sub
+        its = []
+        for i, rid in enumerate(summ["run_id"]):
+            h, f = hit.get(lab[i], 20), fall.get(lab[i], 0.05)
+            jit = (
+                0.02 * ((seed[i] % 3) - 1)
+                if outcome == "inconclusive" and lab[i] == params["subject"]
+                else 0.0
+            )
+            for e in range(60):
+                j = (0.95 if e >= h + seed[i] % 2 else 0.5) - (
+                    f + jit + 0.01 * (outcome == "inconclusive") if e == 59 else 0
+                )
+                its.append({"run_id": rid, "iteration": e, "J": j})
+        return SweepData(pd.DataFrame(), pd.DataFrame(its), summ.assign(j_star=1.0))
+    if rule == "interior-optimum":
+        axis = params["axis"]
+        values = sorted(summ[axis].unique())
+        col = _score_col(params, summ)
+        v = summ[axis].to_numpy()
+        base = 0.5 + 0.01 * seed
+        if outcome == "holds":
+            x = base + 0.1 * (v == values[1])
+        elif outcome == "violated":
+            x = base + 0.1 * (v == values[-1])
+        else:
+            x = base + (v == values[1]) * _alternating(n, 0.05)
+        return SweepData(pd.DataFrame(), None, _with_scores(summ, col, x))
     if rule == "stationary":
         subject = summ["cfg.label"].isin(params["subject"]).to_numpy()
         end = np.where(subject & (outcome == "violated"), 0.96, 1.0)

@@ -23,16 +23,52 @@ and groups, 1/|o_i| re-weights episodes, so it can come to rest where grad J is 
 grad_norm_final / grad_norm_init is the evidence of a stationary point of J; read it beside
 J / J*: a softmax saturated on a worse action also has a vanishing gradient (pi(a|s) A(s, a) -> 0).
 
+Learning-rate schedules (``lr_schedule``; iteration t = 0 .. T-1, T = ``iterations``, lr_0 =
+``lr``; every optimiser step of iteration t uses lr_t):
+    constant     lr_t = lr                                      (the default; the optimiser's lr
+                                                                 is never touched)
+    linear       lr_t = lr (1 - t / T)                          (linear decay, reaching lr / T at
+                                                                 the last iteration: the PPO
+                                                                 paper's Atari schedule, arXiv
+                                                                 1707.06347 Table 5, and the
+                                                                 ``linear_schedule`` of classic.py)
+    cosine       lr_t = lr (1 + cos(pi t / T)) / 2              (cosine decay without restarts,
+                                                                 SGDR, Loshchilov & Hutter, arXiv
+                                                                 1608.03983 eq. 5 with
+                                                                 eta_min = 0)
+    kl-adaptive  lr_0 = lr and, after iteration t, with KL_t the KL it produced,
+                     lr_{t+1} = max(lr_t / 1.5, lr_min)   if KL_t > 2 kl_target
+                     lr_{t+1} = min(1.5 lr_t, lr_max)     if KL_t < kl_target / 2
+                     lr_{t+1} = lr_t                      otherwise
+                 the "adaptive" learning rate of rl_games (``AdaptiveScheduler`` in
+                 rl_games/common/schedulers.py: kl_threshold, factor 1.5, bounds [1e-6, 1e-2])
+                 and of rsl_rl's PPO (``schedule="adaptive"``, ``desired_kl``, bounds [1e-5, 1e-2];
+                 legged_gym, Rudin et al. 2021, arXiv 2109.11978). It is the learning-rate
+                 counterpart of PPO's adaptive KL penalty (arXiv 1707.06347 §4: beta / 2 when
+                 d < d_targ / 1.5, beta x 2 when d > 1.5 d_targ). Here KL_t is exact: the mean
+                     KL_t = sum_s d^{pi_old}(s) KL(pi_old(.|s) || pi_new(.|s))
+                 (``instrument.policy_change``'s kl_mean) between the policy that sampled
+                 iteration t (pi_old) and the policy after all of its optimiser steps (pi_new);
+                 rl_games and rsl_rl estimate it on the batch. The rule is applied once per
+                 iteration (rsl_rl applies it per minibatch).
+Logged per iteration (iterations table): ``lr`` the lr_t in effect, and ``kl_iter`` = KL_t (every
+schedule; for kl-adaptive the KL that set lr_{t+1}). ``scheduled_lr`` and ``kl_adaptive_lr`` are
+the two rules on their own.
+
 Batched configurations: every tensor carries a leading axis C (the PureJaxRL pattern, arXiv
 2210.05639), and the numeric hyperparameters ``lr``, ``seed``, ``loss.eps_low`` and
-``loss.eps_high`` may differ between the C configurations; everything else must agree (it fixes
-shapes or code paths). Each configuration draws its randomness from its own generator, so a batch
-of C runs gives the same numbers as C one-config runs with the same seeds.
+``loss.eps_high``, and the schedule (``lr_schedule``, ``kl_target``, ``lr_min``, ``lr_max``: the
+optimiser holds one lr per configuration) may differ between the C configurations; everything
+else must agree (it fixes shapes or code paths). Each configuration draws its randomness from its
+own generator, so a batch of C runs gives the same numbers as C one-config runs with the same
+seeds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -69,7 +105,45 @@ from grpo_lab.policies.tabular import POLICIES, PolicyName
 Tensor = torch.Tensor
 
 # fields that may differ across the C configurations of one batched run
-BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high")
+BATCHABLE = (
+    "lr",
+    "seed",
+    "loss.eps_low",
+    "loss.eps_high",
+    "lr_schedule",
+    "kl_target",
+    "lr_min",
+    "lr_max",
+)
+
+LRSchedule = Literal["constant", "linear", "cosine", "kl-adaptive"]
+KL_ADAPTIVE_FACTOR = 1.5  # lr divided / multiplied by this (rl_games, rsl_rl)
+KL_ADAPTIVE_BAND = 2.0  # act when KL > 2 kl_target or KL < kl_target / 2 (rl_games, rsl_rl)
+
+
+def scheduled_lr(schedule: LRSchedule, lr: float, t: int, num_iterations: int) -> float:
+    """lr_t of a fixed schedule at iteration t of T = ``num_iterations`` (module docstring):
+    constant lr; linear lr (1 - t / T); cosine lr (1 + cos(pi t / T)) / 2. "kl-adaptive" depends
+    on the run's KL and has no closed form: use ``kl_adaptive_lr``."""
+    if schedule == "constant":
+        return lr
+    if schedule == "linear":
+        return lr * (1.0 - t / num_iterations)
+    if schedule == "cosine":
+        return lr * (1.0 + math.cos(math.pi * t / num_iterations)) / 2.0
+    raise ValueError(f"scheduled_lr has no closed form for lr_schedule={schedule!r}")
+
+
+def kl_adaptive_lr(lr: float, kl: float, kl_target: float, lr_min: float, lr_max: float) -> float:
+    """The next lr of the KL-adaptive rule (rl_games ``AdaptiveScheduler``; rsl_rl PPO
+    ``schedule="adaptive"``, arXiv 2109.11978): lr / 1.5 (at least ``lr_min``) when
+    kl > 2 kl_target, 1.5 lr (at most ``lr_max``) when kl < kl_target / 2, else lr. A NaN kl
+    (a diverged configuration) leaves lr as it is."""
+    if kl > KL_ADAPTIVE_BAND * kl_target:
+        return max(lr / KL_ADAPTIVE_FACTOR, lr_min)
+    if kl < kl_target / KL_ADAPTIVE_BAND:
+        return min(lr * KL_ADAPTIVE_FACTOR, lr_max)
+    return lr
 
 
 def exact_policy_grad_norm(mdp: TabularMDP, policy: torch.nn.Module, num_configs: int) -> Tensor:
@@ -119,6 +193,11 @@ class GRPOConfig(BaseModel):
     iterations: int = Field(50, ge=1)  # batches sampled
     optimizer: OptimizerName = "adam"
     lr: float = Field(0.1, gt=0.0)
+    # lr_t per iteration (module docstring): constant, linear, cosine or kl-adaptive
+    lr_schedule: LRSchedule = "constant"
+    kl_target: float = Field(0.01, gt=0.0)  # kl-adaptive: the KL per iteration aimed at
+    lr_min: float = Field(1e-6, gt=0.0)  # kl-adaptive: the lr never falls below
+    lr_max: float = Field(1.0, gt=0.0)  # kl-adaptive: the lr never rises above
     policy: PolicyName = "tabular"  # "tabular" softmax or "mlp"
     init_std: float = Field(0.0, ge=0.0)  # tabular logits ~ N(0, init_std^2)
     max_steps: int = Field(1000, ge=1)  # safety cap on episode length
@@ -130,6 +209,11 @@ class GRPOConfig(BaseModel):
         if self.num_groups % self.minibatches:
             raise ValueError(
                 f"minibatches={self.minibatches} must divide num_groups={self.num_groups}"
+            )
+        if self.lr_schedule == "kl-adaptive" and not self.lr_min <= self.lr <= self.lr_max:
+            raise ValueError(
+                f"lr_schedule='kl-adaptive' needs lr_min <= lr <= lr_max, got lr_min="
+                f"{self.lr_min}, lr={self.lr}, lr_max={self.lr_max}"
             )
         if self.loss.advantage != "group":
             raise ValueError(
@@ -280,6 +364,10 @@ class GRPOTrainer:
             lr = torch.tensor([c.lr for c in configs], dtype=dt, device=device)
             optimizer = make_optimizer(cfg.optimizer, policy.parameters(), lr if C > 1 else cfg.lr)
         self.opt = optimizer
+        # lr_t of each configuration (module docstring); the optimiser's lr is set from it only
+        # when some configuration's schedule is not constant
+        self.lr_now = [c.lr for c in configs]
+        self.scheduled = any(c.lr_schedule != "constant" for c in configs)
         self.ref_table = self.table().detach()  # (C, S, A) pi_ref = initial policy
         self.j_star = optimal_return(mdp).expand(C)
         self.rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
@@ -323,8 +411,10 @@ class GRPOTrainer:
         grp_r = returns.reshape(C, n_groups, G)
         old_stats = OldPolicy.of(mdp, probs_old)  # pi_old's exact quantities, once per batch
         j_old = old_stats.j
+        self._set_lr(it)
         it_metrics = {
             "iteration": torch.full((C,), float(it)),
+            "lr": torch.tensor(self.lr_now, dtype=torch.float64),
             "J": j_old,
             "gap": self.j_star - j_old,
             "grad_norm": self.grad_norm(),  # exact ||grad_phi J(pi_old)||
@@ -399,7 +489,32 @@ class GRPOTrainer:
                 metrics["iteration"] = torch.full((C,), float(it))
                 rec.log("step", metrics, self.alive)
                 self.step += 1
-        return {**metrics, **it_metrics}
+        # KL(pi_old || pi_new) of the whole iteration, exact under d^{pi_old}: logged, and it
+        # sets the next lr of the kl-adaptive configurations
+        kl_iter = policy_change(mdp, old_stats, self.table().detach().exp())["kl_mean"]
+        rec.log("iter", {"kl_iter": kl_iter}, self.alive)
+        for c, (conf, kl) in enumerate(zip(self.configs, kl_iter.tolist(), strict=True)):
+            if conf.lr_schedule == "kl-adaptive":
+                self.lr_now[c] = kl_adaptive_lr(
+                    self.lr_now[c], kl, conf.kl_target, conf.lr_min, conf.lr_max
+                )
+        return {**metrics, **it_metrics, "kl_iter": kl_iter}
+
+    def _set_lr(self, it: int) -> None:
+        """lr_t of iteration ``it`` for every configuration (``scheduled_lr``; kl-adaptive
+        configurations keep the lr their last KL set), written to every parameter group of the
+        optimiser: one number with C = 1, a (C,) tensor otherwise (``grpo_lab.optim``)."""
+        if not self.scheduled:
+            return
+        T = self.cfg.iterations
+        for c, conf in enumerate(self.configs):
+            if conf.lr_schedule != "kl-adaptive":
+                self.lr_now[c] = scheduled_lr(conf.lr_schedule, conf.lr, it, T)
+        lr: float | Tensor = self.lr_now[0]
+        if self.C > 1:
+            lr = torch.tensor(self.lr_now, dtype=self.mdp.dtype, device=self.device)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
 
     def finish(self) -> RunRecord:
         """Close the record: final policy, its exact return, J* and ``grad_norm_final``."""

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from grpo_lab.policies.tabular import MLPPolicy, TabularSoftmaxPolicy, frozen
+from grpo_lab.policies.tabular import MLPPolicy, SharedActorCritic, TabularSoftmaxPolicy, frozen
 
 
-@pytest.mark.parametrize("cls", [TabularSoftmaxPolicy, MLPPolicy])
+@pytest.mark.parametrize("cls", [TabularSoftmaxPolicy, MLPPolicy, SharedActorCritic])
 def test_rows_are_distributions_and_batched_equals_stacked(cls):
     kw = {"init_std": 1.0} if cls is TabularSoftmaxPolicy else {}
     batched = cls(5, 3, num_configs=4, seed=10, **kw)
@@ -53,3 +53,33 @@ def test_bad_input():
         MLPPolicy(3, 2, features=torch.eye(4))
     with pytest.raises(ValueError, match="seed lists 2 seeds"):
         TabularSoftmaxPolicy(3, 2, num_configs=3, seed=[1, 2])
+
+
+def test_shared_actor_critic_heads_closed_form_and_init():
+    """Truth: the formulas h = tanh(W1 onehot(s) + b1), pi = softmax(W2 h + b2), V = w_v . h + b_v
+    written out per state; the policy part starts as MLPPolicy with the same seed; batched values
+    equal the stacked unbatched ones; the value head starts non-constant with b_v = 0."""
+    net = SharedActorCritic(4, 3, num_configs=2, hidden=6, seed=[5, 9])
+    mlp = MLPPolicy(4, 3, num_configs=2, hidden=6, seed=[5, 9])
+    torch.testing.assert_close(net.log_probs(), mlp.log_probs(), rtol=0, atol=0)
+    for c in range(2):
+        for s in range(4):
+            h = torch.tanh(net.w1[c, s] + net.b1[c])  # onehot(s) @ W1 = row s
+            logits = h @ net.w2[c] + net.b2[c]
+            torch.testing.assert_close(net.log_probs()[c, s], torch.log_softmax(logits, -1))
+            torch.testing.assert_close(net.values()[c, s], h @ net.wv[c, :, 0] + net.bv[c, 0])
+        one = SharedActorCritic(4, 3, hidden=6, seed=[5, 9][c])
+        torch.testing.assert_close(one.values(), net.values()[c])
+        assert one.values().shape == (4,)
+    assert net.values().shape == (2, 4)
+    assert float(net.bv.detach().abs().max()) == 0.0 and float(net.values().detach()[0].std()) > 0
+
+
+def test_shared_actor_critic_value_gradient_reaches_the_trunk_not_the_policy_head():
+    """Truth: V does not depend on the policy head W2, b2; it does on the trunk W1; and one
+    configuration's value moves only its own weights."""
+    net = SharedActorCritic(4, 2, num_configs=3, hidden=5)
+    net.values()[1, 2].backward()
+    assert net.w2.grad is None or float(net.w2.grad.abs().max()) == 0.0
+    assert float(net.w1.grad[1].abs().sum()) > 0 and float(net.wv.grad[1].abs().sum()) > 0
+    assert float(net.w1.grad[[0, 2]].abs().sum()) == 0.0

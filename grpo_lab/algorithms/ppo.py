@@ -24,7 +24,7 @@ bottom (the order of CleanRL's ppo.py):
                step, A normalised over the minibatch when ``norm_adv`` (as CleanRL), aggregated
                by ``loss.agg``;
      L_value   (V_phi - R)^2 / 2, clipped around the sampling-time values when ``loss.vf_clip``
-               is set (``grpo_lab.losses.value_loss``);
+               is set (``grpo_lab.losses.value_loss``), weighed by c1 = ``loss.vf_coef``;
      H         the entropy of pi_theta(.|s_t) at the visited steps, aggregated like L_policy.
      -c2 H is the correct sign: minimising it raises the entropy (the seed's +c2 H lowers it).
      Each configuration's gradient (policy and critic together) is clipped to norm
@@ -35,14 +35,26 @@ bottom (the order of CleanRL's ppo.py):
      the explained variance of the updated critic on the iteration's batch.
 
 Batched configurations: every parameter carries a leading axis C (the PureJaxRL pattern, arXiv
-2210.05639); ``lr``, ``seed``, ``loss.eps_low`` and ``loss.eps_high`` may differ between the C
-configurations, everything else must agree. Randomness comes from per-configuration generators
-(stream 0: sampling, stream 1: minibatch order) and gradient clipping is per configuration, so a
-batch of C runs gives the same numbers as C one-config runs with the same seeds.
+2210.05639); ``lr``, ``seed``, ``loss.eps_low``, ``loss.eps_high`` and ``loss.vf_coef`` may
+differ between the C configurations, everything else must agree. Randomness comes from
+per-configuration generators (stream 0: sampling, stream 1: minibatch order) and gradient
+clipping is per configuration, so a batch of C runs gives the same numbers as C one-config runs
+with the same seeds.
 
 The critic is a value table V (C, S) (``critic="tabular"``) or a one-hidden-layer tanh network
 over one-hot states (``critic="mlp"``). With a horizon H the true value is time-dependent (V_t);
 a stationary critic can only approximate it, and ``critic_error`` compares it with V_0.
+
+Separate or shared parameters. By default policy and critic are separate networks, and then c1
+only multiplies the gradient of the critic's own parameters. Adam's step m / (sqrt(v) + eps) is
+invariant to a constant scale of a parameter's gradient (up to eps), so with Adam and no gradient
+clipping c1 > 0 leaves the run unchanged (tests/test_ppo.py checks it); only plain SGD (c1 scales
+the critic's step) or the joint norm of ``max_grad_norm`` (c1 changes how much the value gradient
+shrinks the policy's) give it any effect. With ``shared=True`` one network
+(``grpo_lab.policies.tabular.SharedActorCritic``, ``hidden`` units; policy = critic = "mlp")
+carries both heads on one trunk, as in PPO's §5 (eq. 9 "if using a neural network architecture
+that shares parameters between the policy and value function"): the trunk's gradient is
+grad L_policy + c1 grad L_value - c2 grad H, and c1 trades value against policy learning there.
 """
 
 from __future__ import annotations
@@ -83,12 +95,12 @@ from grpo_lab.losses import (
     value_loss,
 )
 from grpo_lab.optim import OptimizerName, make_optimizer
-from grpo_lab.policies.tabular import POLICIES, PolicyName
+from grpo_lab.policies.tabular import POLICIES, PolicyName, SharedActorCritic
 
 Tensor = torch.Tensor
 
 # fields that may differ across the C configurations of one batched run
-BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high")
+BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high", "loss.vf_coef")
 ADV_NORM_EPS = 1e-8  # CleanRL's (A - mean) / (std + 1e-8)
 CLIP_NORM_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s max_norm / (norm + 1e-6)
 CRITIC_INIT_STREAM = 2  # seed stream of the MLP critic's initial weights
@@ -192,6 +204,8 @@ class PPOConfig(BaseModel):
     max_grad_norm: float | None = Field(0.5, gt=0.0)  # per configuration; None: no clipping
     critic: str = "tabular"  # value table (C, S) or "mlp" over one-hot states
     policy: PolicyName = "tabular"  # "tabular" softmax or "mlp"
+    shared: bool = False  # one trunk, policy and value heads (needs policy = critic = "mlp")
+    hidden: int = Field(32, ge=1)  # hidden units of the "mlp" policy / critic / shared trunk
     init_std: float = Field(0.0, ge=0.0)  # tabular logits ~ N(0, init_std^2)
     max_steps: int = Field(1000, ge=1)  # safety cap on episode length
     seed: int = 0
@@ -213,6 +227,11 @@ class PPOConfig(BaseModel):
         if self.loss.advantage != "gae":
             raise ValueError(
                 f"PPO needs loss.advantage='gae' (a critic), got {self.loss.advantage!r}"
+            )
+        if self.shared and (self.policy, self.critic) != ("mlp", "mlp"):
+            raise ValueError(
+                "shared=True is one network with a policy and a value head: it needs "
+                f"policy='mlp' and critic='mlp', got policy={self.policy!r}, critic={self.critic!r}"
             )
         if self.loss.beta != 0.0:
             raise ValueError(
@@ -329,6 +348,7 @@ def ppo_loss(
     eps_low: Tensor,
     eps_high: Tensor,
     norm_adv: bool = True,
+    vf_coef: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The PPO loss of each configuration on its minibatch (arXiv 1707.06347 eq. 9 as a loss):
 
@@ -336,10 +356,12 @@ def ppo_loss(
 
     with A normalised per minibatch when ``norm_adv``, L_value from ``value_loss`` (clipped by
     ``loss_cfg.vf_clip``), H(s_t) = -sum_a pi(a|s_t) log pi(a|s_t) from ``token_entropy`` of the
-    log-probability rows at the visited states, c1 = ``vf_coef``, c2 = ``ent_coef``.
+    log-probability rows at the visited states, c1 = ``vf_coef`` (one per configuration, (C,);
+    None: ``loss_cfg.vf_coef`` for all), c2 = ``loss_cfg.ent_coef``. Eq. 9 maximises
+    L^CLIP - c1 L^VF + c2 S; this is its negative.
 
     Shapes: logp_table (C, S, A) log pi_theta; v_table (C, S) V_phi; states, actions, mask,
-    old_logp, adv, old_values, returns (C, N, T); eps_low, eps_high (C,).
+    old_logp, adv, old_values, returns (C, N, T); eps_low, eps_high, vf_coef (C,).
     Returns (loss (C,), metrics: pg_loss, value_loss, vf_clip_frac, entropy, loss, each (C,)).
     """
     c = loss_cfg
@@ -357,7 +379,8 @@ def ppo_loss(
     vl, vf_clip_frac = _value_term(values, old_values, returns, mask, c)  # (C,)
     rows = logp_table.gather(1, states.reshape(C, -1, 1).expand(-1, -1, A))  # (C, N*T, A)
     ent = aggregate(token_entropy(rows.reshape(*states.shape, A)), mask, c.agg, c.max_len)  # (C,)
-    loss = pg + c.vf_coef * vl - c.ent_coef * ent
+    c1 = c.vf_coef if vf_coef is None else vf_coef
+    loss = pg + c1 * vl - c.ent_coef * ent
     metrics = {
         **pre,
         "pg_loss": pg.detach(),
@@ -409,10 +432,18 @@ def train_ppo(
     lr = torch.tensor([c.lr for c in configs], dtype=dt, device=device)
     eps_low = torch.tensor([c.loss.eps_low for c in configs], dtype=dt, device=device)
     eps_high = torch.tensor([c.loss.eps_high for c in configs], dtype=dt, device=device)
-    kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {}
-    policy = POLICIES.get(cfg.policy)(S, A, C, seed=seeds, dtype=dt, device=device, **kw)
-    critic = CRITICS[cfg.critic](S, C, seed=seeds, dtype=dt, device=device)
-    params = [*policy.parameters(), *critic.parameters()]
+    vf_coef = torch.tensor([c.loss.vf_coef for c in configs], dtype=dt, device=device)
+    if cfg.shared:  # one network: the policy and the critic are its two heads
+        policy = critic = SharedActorCritic(
+            S, A, C, hidden=cfg.hidden, seed=seeds, dtype=dt, device=device
+        )
+        params = list(policy.parameters())
+    else:
+        kw = {"init_std": cfg.init_std} if cfg.policy == "tabular" else {"hidden": cfg.hidden}
+        policy = POLICIES.get(cfg.policy)(S, A, C, seed=seeds, dtype=dt, device=device, **kw)
+        ckw = {"hidden": cfg.hidden} if cfg.critic == "mlp" else {}
+        critic = CRITICS[cfg.critic](S, C, seed=seeds, dtype=dt, device=device, **ckw)
+        params = [*policy.parameters(), *critic.parameters()]
     opt = make_optimizer(cfg.optimizer, params, lr)
     j_star = optimal_return(mdp).expand(C)
     # the constant normaliser of seq-mean-token-sum-norm: the episode budget, unless given
@@ -487,6 +518,7 @@ def train_ppo(
                     eps_low,
                     eps_high,
                     cfg.norm_adv,
+                    vf_coef,
                 )
                 backup = [p.detach().clone() for p in params]
                 opt.zero_grad()

@@ -7,6 +7,8 @@ off the same table.
 
     TabularSoftmaxPolicy   pi(a|s) = softmax(theta_s)_a,            theta (C, S, A)
     MLPPolicy              pi(.|s) = softmax(W2 tanh(W1 phi(s) + b1) + b2), features phi (S, F)
+    SharedActorCritic      the MLPPolicy trunk h(s) = tanh(W1 phi(s) + b1) with two heads:
+                           pi(.|s) = softmax(W2 h(s) + b2) and V(s) = w_v . h(s) + b_v
 
 ``frozen(policy)`` is a parameter-free copy: pi_old for the ratio, or the reference policy of the
 KL penalty.
@@ -136,6 +138,72 @@ class MLPPolicy(nn.Module):
 
     def probs(self) -> Tensor:
         return self.log_probs().exp()
+
+
+class SharedActorCritic(MLPPolicy):
+    """An actor-critic with one shared trunk (PPO arXiv 1707.06347 §5, before eq. 9: "a neural
+    network architecture that shares parameters between the policy and value function"):
+
+        h(s) = tanh(W1 phi(s) + b1),   pi(.|s) = softmax(W2 h(s) + b2),   V(s) = w_v . h(s) + b_v
+
+    The policy part (W1, b1, W2, b2) is ``MLPPolicy``'s, drawn from the same generator first, so
+    at initialisation ``log_probs`` equals the ``MLPPolicy`` of the same seed; the value head w_v
+    is drawn next from that generator like ``nn.Linear`` (uniform in +-1/sqrt(H)), b_v = 0.
+    A loss L_policy + c1 L_value sends both terms' gradients through (W1, b1): the value
+    coefficient c1 weighs value against policy learning only here, in the trunk.
+    Shapes: W1 (C, F, H), b1 (C, H), W2 (C, H, A), b2 (C, A), w_v (C, H, 1), b_v (C, 1)
+    (without the leading C when ``num_configs`` is None).
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        num_configs: int | None = None,
+        *,
+        features: Tensor | None = None,
+        hidden: int = 32,
+        out_scale: float = 0.01,
+        seed: int | list[int] = 0,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(
+            num_states,
+            num_actions,
+            num_configs,
+            features=features,
+            hidden=hidden,
+            out_scale=out_scale,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+        )
+        f = self.features.shape[1]
+        wvs = []
+        for s in _seeds(seed, num_configs):
+            g = torch.Generator().manual_seed(s)
+            for shape in ((f, hidden), (hidden,), (hidden, num_actions)):  # MLPPolicy's draws
+                torch.rand(shape, generator=g, dtype=dtype)
+            wvs.append(
+                (torch.rand(hidden, 1, generator=g, dtype=dtype) * 2 - 1) / math.sqrt(hidden)
+            )
+        wv = torch.stack(wvs) if num_configs is not None else wvs[0]
+        bv = torch.zeros(*([num_configs] if num_configs is not None else []), 1, dtype=dtype)
+        self.wv = nn.Parameter(wv.to(device))  # (C, H, 1)
+        self.bv = nn.Parameter(bv.to(device))  # (C, 1)
+
+    def _trunk(self) -> Tensor:
+        """h(s) for every state: (C, S, H) or (S, H)."""
+        return torch.tanh(self.features @ self.w1 + self.b1.unsqueeze(-2))
+
+    def log_probs(self) -> Tensor:
+        """log pi(a|s) for every state and action: (C, S, A) or (S, A)."""
+        return torch.log_softmax(self._trunk() @ self.w2 + self.b2.unsqueeze(-2), dim=-1)
+
+    def values(self) -> Tensor:
+        """V(s) for every state: (C, S) or (S,)."""
+        return (self._trunk() @ self.wv).squeeze(-1) + self.bv
 
 
 def frozen(policy: nn.Module) -> nn.Module:

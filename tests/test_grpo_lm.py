@@ -201,18 +201,20 @@ def test_probe_kl_and_sampled_kl_estimators_agree():
 
 @pytest.mark.slow
 def test_grpo_improves_held_out_addition_accuracy(tmp_path):
-    """A tiny model warm-started on 2-digit addition (600 SFT steps), then 60 GRPO iterations
+    """A tiny model warm-started on 2-digit addition (900 SFT steps), then 60 GRPO iterations
     (Dr. GRPO, 32 prompts x 8 completions): its greedy accuracy on the 200 held-out prompts rises by
-    at least 10 points over the warm-start model's on the same prompts (measured: 40.5% -> 59.5%;
-    the standard error of one accuracy is about 3.5 points)."""
+    at least 10 points over the warm-start model's on the same prompts (measured 2026-12-06: 71% ->
+    87%; the standard error of one accuracy is about 3.5 points). The warm start sits near a sharp
+    transition: on this machine 600 SFT steps gave 11% (seeds 0-2: 7.5-13.5%) and 700 gave 19.5%,
+    where 40.5% had been measured before at 600, so 900 steps keep it away from both ends."""
     cfg = LMGRPOConfig(
-        model="tiny", sft_steps=600, sft_lr=3e-3, n_train=2000, n_eval=200, cache_dir=str(tmp_path),
+        model="tiny", sft_steps=900, sft_lr=3e-3, n_train=2000, n_eval=200, cache_dir=str(tmp_path),
         loss="dr_grpo", lr=3e-4, prompts_per_batch=32, group_size=8, iterations=60, eval_every=60,
         seed=0,
     )  # fmt: skip
     rec = train_lm_grpo(ADD, cfg)
     start, final = float(rec.summary["eval_acc_start"][0]), float(rec.summary["eval_acc_final"][0])
-    assert 0.02 < start < 0.8, start  # the warm start solves some prompts, not all
+    assert 0.02 < start < 0.85, start  # the warm start solves some prompts, not all
     assert final >= start + 0.10, (start, final)
 
 

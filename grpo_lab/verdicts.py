@@ -1243,7 +1243,13 @@ def _variance_reduction(data: SweepData, p: VarianceParams) -> Outcome:
     if ref.empty:
         return "inconclusive", f"no run labelled {p.reference!r}", {}
     pts = _varying(ref, set())
-    key = (lambda d: d[pts].astype(str).agg("|".join, axis=1)) if pts else (lambda d: "")
+
+    def key(d: pd.DataFrame) -> pd.Series | str:  # "group_size=8, point_seed=1"
+        if not pts:
+            return ""
+        named = d[pts].astype(str).apply(lambda c: c.name.removeprefix("cfg.") + "=" + c)
+        return named.agg(", ".join, axis=1)
+
     ref = ref.assign(_pt=key(ref)).set_index("_pt")
     subj = s[s["cfg.label"].isin(p.subject)]
     subj = subj.assign(_pt=key(subj))

@@ -339,3 +339,22 @@ def test_classic_sweeps_get_sample_efficiency_first_and_compute_cost(classic):
     assert (cost["batches"] == 1).all() and (cost["runs"] == 4).all()
     assert cost["low"].isna().all()  # one timed batch per algorithm: no interval
     assert summary["batch"].nunique() == 2 and (summary["batch_size"] == 4).all()
+
+
+def test_verdict_context_and_evidence_rounded_to_its_precision():
+    """Issue 12, item 15: a verdict's section shows its answer, the hypothesis tested (not a
+    finding), the scope and what it does not show; intervals keep the decimals that give their
+    width two significant digits, single numbers three significant digits."""
+    assert report._fmt((0.8123456, 0.7512, 0.8843)) == "[0.81, 0.75, 0.88]"  # width 0.13
+    assert report._fmt([0.9990001, 0.9981, 0.99952]) == "[0.9990, 0.9981, 0.9995]"  # width 0.0014
+    assert report._fmt(1234.5678) == "1230" and report._fmt(0.000123) == "0.000123"
+    assert report._fmt({"a": 3, "b": None}) == "{a: 3, b: None}"
+    v = {"protocol": "p", "sweep": "p-full", "status": "holds", "claim": "c", "summary": "s",
+         "evidence": {"x": (0.5, 0.4, 0.6)}, "question": "q?", "hypothesis": "A beats B",
+         "scope": "env garnet; 3 runs", "not_shown": "other MDPs"}  # fmt: skip
+    md = report.render_markdown([v])
+    for line in ("**Answer:** s", "**Hypothesis tested:** A beats B", "**Scope:** env garnet; 3 runs",
+                 "**Does not show:** other MDPs", "- x: [0.50, 0.40, 0.60]"):  # fmt: skip
+        assert line in md
+    html = report.render_html([v])
+    assert "<b>Hypothesis tested:</b> A beats B" in html and "<b>Scope:</b>" in html

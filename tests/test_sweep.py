@@ -326,3 +326,23 @@ def test_tuned_protocol_tunes_on_its_own_seeds_then_evaluates_on_fresh_ones(tmp_
     assert "tuned on seeds [100, 101]" in r.verdict.scope
     again = run_protocol(p, tmp_path / "out", progress=False)  # resumes both phases
     assert again.ran == 0 and again.skipped == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    ["advantage-variance", "grpo-stationary", "adaptive-lr", "c1-sweep", "convergence", "compare",
+     "classic-cost"],
+)  # fmt: skip
+def test_new_and_redesigned_protocols_run_their_quick_budget(tmp_path, name):
+    """Issue 12's new and redesigned protocols end to end on their quick budgets: every run is
+    stored, and the verdict carries a status, the hypothesis it tested and its scope."""
+    from grpo_lab.protocols import PROTOCOL_DIR, expand, expand_tuning
+
+    p = load_protocol(PROTOCOL_DIR / f"{name}.toml")
+    r = run_protocol(p, tmp_path / "out", budget="quick", progress=False)
+    assert r.ran == len(expand(p, "quick")) + len(expand_tuning(p, "quick"))
+    v = json.loads((r.sweep_path / "verdict.json").read_text())
+    assert v["status"] in ("holds", "violated", "inconclusive") and v["summary"]
+    assert v["hypothesis"] and v["scope"].endswith("runs") or "tuned on seeds" in v["scope"]
+    assert f"{len(expand(p, 'quick'))} runs" in v["scope"]

@@ -543,8 +543,9 @@ def test_cost_rule_reaches_each_outcome():
     cheap = lambda lab, z: (10 if lab == "grpo" else 30) * z**0.5  # noqa: E731
     status, summary, ev = rule(_cost_iterations(cheap), params)
     assert status == "holds", summary
-    assert ev["cost_ratio_ci"]["64"][0] == pytest.approx(3.0)
-    assert ev["growth_exponent_grpo"] == pytest.approx(0.5, abs=0.02)
+    assert ev["update_us_per_step_ratio_ci"]["64"][0] == pytest.approx(3.0)
+    assert ev["update_us_per_step_growth_exponent_grpo"] == pytest.approx(0.5, abs=0.02)
+    assert ev["work_half"] == "not measured" and "work: not measured" in summary
     dear = lambda lab, z: (30 if lab == "grpo" else 10) * z**0.5  # noqa: E731
     assert rule(_cost_iterations(dear), params)[0] == "violated"
     # cheaper at small sizes but growing faster: the scalability half fails
@@ -893,3 +894,40 @@ def test_classic_epsilon_sweep_holds_eps_constant_below_a_ceiling():
     assert {r.config.anneal_clip for r in runs} == {False}
     assert {r.config.env_id for r in runs} == {"Acrobot-v1"}
     assert {r.config.clip_coef for r in runs} == {0.1, 0.2, 0.3}
+
+
+def test_cost_rule_judges_optimiser_work_beside_wall_time():
+    """Item 1: counted update FLOPs per env step are a second half of the cost verdict; counted
+    iterations carry NaN timings (the counter slows them) and only the work half reads them."""
+    rule = VERDICTS.get("cost")
+    params = {"cheaper": "grpo", "than": "trpo", "reps": 500}
+    cheap = lambda lab, z: (10 if lab == "grpo" else 30) * z**0.5  # noqa: E731
+
+    def with_flops(flops_of):
+        data = _cost_iterations(cheap)
+        it = data.iterations.copy()
+        it["env_steps"] = 1000.0 * (it["iteration"] + 1)  # cumulative, 1000 per iteration
+        counted = it["iteration"] % 2 == 0
+        f = [
+            flops_of(lab, z) * 1000
+            for lab, z in zip(it["cfg.label"], it["cfg.hidden"], strict=True)
+        ]
+        it["update_flops"] = np.where(counted, f, np.nan)
+        it.loc[counted, "update_time"] = np.nan
+        return SweepData(data.steps, it, data.summary)
+
+    # work per env step: GRPO 6 z^2 FLOPs, TRPO 30 z^2 (5x, same growth) -> both halves hold
+    status, summary, ev = rule(
+        with_flops(lambda lab, z: (6 if lab == "grpo" else 30) * z**2), params
+    )
+    assert status == "holds" and ev["work_half"] == "holds", summary
+    assert ev["update_flops_per_step_ratio_ci"]["16"][0] == pytest.approx(5.0)
+    assert ev["update_flops_per_step_grpo_at_64"] == pytest.approx(6 * 64**2)
+    assert ev["update_flops_per_step_growth_exponent_trpo"] == pytest.approx(2.0)
+    # cheaper in wall time but more work: the work half fails the claim
+    status, summary, ev = rule(
+        with_flops(lambda lab, z: (60 if lab == "grpo" else 30) * z**2), params
+    )
+    assert (
+        status == "violated" and ev["wall_time_half"] == "holds" and ev["work_half"] == "violated"
+    )

@@ -250,3 +250,60 @@ def test_budget_is_iterations_or_total_timesteps_never_both():
         ClassicGRPOConfig(iterations=0)
     with pytest.raises(ValueError, match="differ in \\['total_timesteps'\\]"):
         train_classic_grpo(None, [ClassicGRPOConfig(), ClassicGRPOConfig(total_timesteps=9)])
+
+
+@pytest.mark.parametrize("preset", ["dr_grpo", "grpo"])
+def test_update_flops_match_a_hand_count_and_double_with_the_epochs(preset):
+    """Truth: the layer shapes. The actor [4, H, H, 2] runs on the padded layout, N episodes x T
+    steps (T = the longest episode of the whole batch, every configuration's; the masked steps
+    after an episode's end are computed too, so a configuration's count / C in a batch is at
+    least its count alone). Per optimiser step on m rows: forward 2 m (DH + H^2 + AH), backward
+    2 m (DH + 2 H^2 + 2 AH) (dW of every layer, dh of all but the first), the audit's forward
+    again; the epochs cover the N T rows once each. With beta > 0 (preset "grpo") one reference forward on the
+    batch per iteration, so 2 epochs cost twice 1 epoch less that forward; with beta = 0
+    ("dr_grpo") exactly twice. Iteration 0's rollout is the same for any number of epochs."""
+    D, H, A = 4, 4, 2
+    fwd, bwd = D * H + H * H + A * H, D * H + 2 * H * H + 2 * A * H
+    counts = {}
+    for epochs in (1, 2):
+        cfg = ClassicGRPOConfig(
+            **TINY, hidden=H, epochs=epochs, iterations=1, loss=preset, count_flops_every=1
+        )
+        cfgs = [cfg, cfg.model_copy(update={"seed": 1})]
+        tr = ClassicGRPOTrainer(cfgs)
+        rows = tr.rollout(0).mask[0].numel()  # N T of iteration 0, T the batch's
+        beta = tr.loss.beta > 0
+        assert beta == (preset == "grpo")
+        counts[epochs] = train_classic_grpo(None, cfgs).stacked("iter")["update_flops"][:, 0]
+        want = 2 * rows * (epochs * (2 * fwd + bwd) + beta * fwd)
+        assert counts[epochs].tolist() == [want, want]
+    if preset == "dr_grpo":
+        assert torch.equal(counts[2], 2 * counts[1])
+    else:
+        torch.testing.assert_close(counts[2], 2 * counts[1] - 2 * rows * fwd, rtol=0, atol=0)
+
+
+def test_counting_flops_changes_no_number_and_a_cut_iteration_did_no_work():
+    """A batch whose configurations' budgets run out at different iterations (as in the batch ==
+    alone test), counted every iteration: each number equals the uncounted run's; every counted
+    iteration logs update_time NaN; the cut iterations (no update) log 0 FLOPs, the others the
+    work of one configuration's update."""
+    cfgs = [ClassicGRPOConfig(**TINY, total_timesteps=520, seed=s, lr=3e-3) for s in (0, 1)]
+    plain = train_classic_grpo(None, cfgs)
+    counted = train_classic_grpo(
+        None, [c.model_copy(update={"count_flops_every": 1}) for c in cfgs]
+    )
+    for where in ("step", "iter"):
+        p, c = plain.stacked(where), counted.stacked(where)
+        for k, v in p.items():
+            if k not in ("update_time", "update_flops", "rollout_time", "env_steps_per_s"):
+                torch.testing.assert_close(c[k], v, rtol=0, atol=0, equal_nan=True)
+    for key in ("eval_return", "env_steps", "iterations"):
+        assert torch.equal(counted.summary[key], plain.summary[key])
+    pi, ci = plain.stacked("iter"), counted.stacked("iter")
+    ran = ~pi["env_steps"].isnan()  # the iterations each configuration ran
+    cut = (pi["cut"] == 1) & ran
+    assert pi["update_flops"].isnan().all() and not pi["update_time"][ran].isnan().any()
+    assert (pi["update_time"][cut] == 0).all() and cut.any() and (ran & ~cut).any()
+    assert ci["update_time"].isnan().all()
+    assert (ci["update_flops"][cut] == 0).all() and (ci["update_flops"][ran & ~cut] > 0).all()

@@ -224,3 +224,59 @@ def test_normalised_observations_on_acrobot_batch_equals_alone():
         both.stacked("step")["loss"][1], alone.stacked("step")["loss"][0], rtol=1e-5, atol=1e-6
     )
     assert float(both.summary["eval_return"][1]) == float(alone.summary["eval_return"][0])
+
+
+def _layer_units(D: int, H: int, out: int) -> tuple[int, int]:
+    """(forward, backward) sum of in x out over the layers of a [D, H, H, out] MLP; FLOPs =
+    2 x rows x units. Backward: dW of every layer, dh of all but the first (observations need no
+    gradient); a single output column's dh is a broadcast product, not a matmul: not counted."""
+    fwd = D * H + H * H + H * out
+    return fwd, D * H + 2 * H * H + (2 * H * out if out > 1 else H)
+
+
+@pytest.mark.parametrize(("epochs", "minibatches"), [(1, 1), (3, 1), (2, 2)])
+def test_update_flops_match_a_hand_count_from_the_layer_shapes(epochs, minibatches):
+    """Truth: the layer shapes. M = 2 envs x 4 steps = 8 samples, D = 4, hidden 4, A = 2.
+    Each optimiser step on m rows: actor forward and backward, critic forward and backward
+    (2 m (units) FLOPs, ``_layer_units``). The audit: with one minibatch the next step's forward
+    is the previous step's audit, so one extra actor forward on the batch after the last step;
+    with several, one actor forward on the minibatch after each step. Per configuration: the
+    batch's count / C, so two configurations log the number of one."""
+    M, D, H, A = 8, 4, 4, 2
+    (fa, ba), (fc, bc) = _layer_units(D, H, A), _layer_units(D, H, 1)
+    step = fa + ba + fc + bc
+    want = 2 * M * (epochs * step + fa) if minibatches == 1 else 2 * M * epochs * (step + fa)
+    kw = dict(hidden=H, num_envs=2, num_steps=4, total_timesteps=2 * M, eval_episodes=1)
+    cfg = ClassicPPOConfig(
+        **kw, update_epochs=epochs, num_minibatches=minibatches, count_flops_every=1
+    )
+    rec = train_classic_ppo(None, [cfg, cfg.model_copy(update={"seed": 1, "lr": 3e-4})])
+    it = rec.stacked("iter")
+    assert it["update_flops"].tolist() == [[want, want], [want, want]]
+    assert it["update_time"].isnan().all() and (it["rollout_time"] > 0).all()
+
+
+def test_counting_flops_changes_no_number_and_only_the_counted_timings():
+    """count_flops_every = 2 over 3 updates: iterations 0 and 2 counted (update_flops finite,
+    update_time NaN), iteration 1 timed (update_flops NaN); every loss, audit and eval_return
+    equal to the uncounted run's (= the numbers before counting existed: bit for bit, checked
+    against the previous commit when the field was added); the batch logs each configuration's
+    own work, as alone."""
+    kw = dict(SHORT, total_timesteps=3 * 8 * 32, num_minibatches=2)
+    cfgs = [ClassicPPOConfig(**kw, seed=s) for s in (0, 1)]
+    plain = train_classic_ppo(None, cfgs)
+    counted = train_classic_ppo(None, [c.model_copy(update={"count_flops_every": 2}) for c in cfgs])
+    for k, v in plain.stacked("step").items():
+        torch.testing.assert_close(counted.stacked("step")[k], v, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(counted.summary["eval_return"], plain.summary["eval_return"])
+    pi, ci = plain.stacked("iter"), counted.stacked("iter")
+    torch.testing.assert_close(ci["episode_return"], pi["episode_return"], rtol=0, atol=0)
+    assert pi["update_flops"].isnan().all() and (pi["update_time"] > 0).all()
+    assert ci["update_time"][:, [0, 2]].isnan().all() and (ci["update_time"][:, 1] > 0).all()
+    assert ci["update_flops"][:, 1].isnan().all() and (ci["update_flops"][:, [0, 2]] > 0).all()
+    alone = train_classic_ppo(None, cfgs[1].model_copy(update={"count_flops_every": 2}))
+    torch.testing.assert_close(
+        alone.stacked("iter")["update_flops"][0], ci["update_flops"][1], equal_nan=True
+    )
+    with pytest.raises(ValidationError, match="count_flops_every"):
+        ClassicPPOConfig(count_flops_every=-1)

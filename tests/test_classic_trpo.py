@@ -171,3 +171,83 @@ def test_bad_input_is_rejected_before_training():
         train_classic_trpo(
             None, [ClassicTRPOConfig(**SHORT), ClassicTRPOConfig(**SHORT, gamma=0.9)]
         )
+
+
+def _flops(fn) -> int:
+    """Matmul-type FLOPs of fn(), torch's FlopCounterMode (what ``count_flops_every`` uses)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def _fvp_units(D: int, H: int, A: int) -> int:
+    """Sum of (products x in x out) of one Fisher-vector product of a [D, H, H, A] actor; its
+    FLOPs are 2 M x this. F v = grad_theta (k . v) with k = grad KLbar kept as a graph: reverse
+    through k's graph, whose products per layer l are dW_l = h_{l-1}^T g_l and (l > 1) dh_{l-1} =
+    g_l W_l^T: a gradient for each factor that depends on theta (the first layer's h_0 is data:
+    1 product there, 2 + 2 elsewhere), then through the forward graph (the h_l depend on theta):
+    dW_l, and dh_{l-1} for l > 1. So 2 units for the first layer, 6 for the others; no forward
+    product (k's graph is kept and reused)."""
+    return 2 * D * H + 6 * H * H + 6 * H * A
+
+
+def test_one_fisher_vector_product_and_cg_count_as_the_fvp_code_implies():
+    """Truth: the layer shapes (``_fvp_units``). natural_step with k CG iterations (cg_tol 0:
+    all k run) = surrogate forward + its backward (g) + the Fisher's forward + backward with the
+    graph + (k + 1) FVPs (k in CG, one for x^T F x): each extra CG iteration costs one FVP."""
+    actor, batch, g = _problem()  # C = 2, M = 6, SIZES [4, 5, 5, 3]
+    (C, M, D), H, A = batch[0].shape, SIZES[1], SIZES[-1]
+    fvp = fisher_vector_product(actor, batch[0], batch[2])
+    v = torch.randn(C, 73, dtype=torch.float64, generator=g)
+    one = 2 * M * _fvp_units(D, H, A)
+    assert _flops(lambda: fvp(v)) == C * one
+    fwd, bwd = D * H + H * H + A * H, D * H + 2 * H * H + 2 * A * H
+    delta = torch.tensor([0.01, 0.01], dtype=torch.float64)
+    for k in (1, 2, 5):
+        cfg = ClassicTRPOConfig(cg_max_steps=k, cg_tol=0.0)
+        n = _flops(lambda cfg=cfg: natural_step(actor, batch, delta, cfg))
+        assert n == C * (2 * M * 2 * (fwd + bwd) + (k + 1) * one)
+
+
+@pytest.mark.parametrize("cg", [1, 2, 5])
+def test_update_flops_match_a_hand_count_from_the_layer_shapes(cg):
+    """The whole update of the trainer, per configuration, from the layer shapes: 4 actor
+    forwards on the M samples (pi_old, the surrogate, the Fisher's KL, the audit), one per line
+    search fraction tried (backtracks + 1, all of them when rejected), 2 actor backwards (g and
+    the Fisher's graph), cg + 1 FVPs, and n_critic_updates passes of critic forward + backward
+    (its value head's dh is a broadcast product, not counted). Grows by one FVP per CG iteration
+    and one forward per backtrack. A batch tries fractions while any configuration is pending,
+    so its count / C has the line-search forwards of its slowest configuration."""
+    D, H, A, M, passes = 4, 4, 2, 16, 3
+    fwd, bwd = D * H + H * H + A * H, D * H + 2 * H * H + 2 * A * H
+    critic = (D * H + H * H + H) + (D * H + 2 * H * H + H)
+    cfg = ClassicTRPOConfig(
+        hidden=H, n_envs=2, n_steps=8, batch_size=8, total_timesteps=2 * M, eval_episodes=1,
+        cg_max_steps=cg, cg_tol=0.0, n_critic_updates=passes, count_flops_every=1,
+    )  # fmt: skip
+    rec = train_classic_trpo(None, [cfg, cfg.model_copy(update={"seed": 1})])
+    st, it = rec.stacked("step"), rec.stacked("iter")
+    tried = torch.where(st["step_accepted"] == 1, st["backtracks"] + 1, 10.0)  # (C, U)
+    # with cg 1 and 5 the two configurations' searches differ at some update: the max matters
+    assert cg == 2 or (tried[0] != tried[1]).any()
+    tried = tried.amax(0)  # (U,) the batch's
+    units = (4 + tried) * fwd + 2 * bwd + (cg + 1) * _fvp_units(D, H, A) + passes * critic
+    torch.testing.assert_close(it["update_flops"], (2 * M * units).expand(2, -1), rtol=0, atol=0)
+    assert it["update_time"].isnan().all()
+
+
+def test_counting_flops_changes_no_number():
+    cfgs = [ClassicTRPOConfig(**SHORT, seed=s) for s in (0, 1)]
+    plain = train_classic_trpo(None, cfgs)
+    counted = train_classic_trpo(
+        None, [c.model_copy(update={"count_flops_every": 2}) for c in cfgs]
+    )
+    for k, v in plain.stacked("step").items():
+        torch.testing.assert_close(counted.stacked("step")[k], v, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(counted.summary["eval_return"], plain.summary["eval_return"])
+    pi, ci = plain.stacked("iter"), counted.stacked("iter")
+    assert pi["update_flops"].isnan().all() and (pi["update_time"] > 0).all()
+    assert ci["update_time"][:, 0].isnan().all() and (ci["update_time"][:, 1] > 0).all()
+    assert (ci["update_flops"][:, 0] > 0).all() and ci["update_flops"][:, 1].isnan().all()

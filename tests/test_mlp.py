@@ -69,3 +69,51 @@ def test_categorical_frequencies_match_the_softmax_and_configs_are_independent()
     # configuration 1's draws do not depend on configuration 0's generator
     again = categorical(logits[1:], [torch.Generator().manual_seed(1)])
     assert torch.equal(again[0], a[1])
+
+
+def _flops(fn) -> dict[str, int]:
+    """Matmul-type FLOPs of fn() by op name, counted by torch's FlopCounterMode (the counter the
+    classic trainers' ``count_flops_every`` uses)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return {str(k).split(".")[-1]: v for k, v in fc.get_flop_counts()["Global"].items()}
+
+
+def test_flop_counter_sees_the_custom_functions_forward_and_backward():
+    """The independent count: a layer y = h W + b of shape in -> out on M rows costs 2 M in out
+    FLOPs per configuration forward (one multiply and one add per weight and row); backward
+    dW = h^T g the same and dh = g W^T the same again when h needs a gradient. The narrow layers
+    (``_NarrowLinear``, out < 16: its forward and backward are a custom autograd Function) and
+    the in-place tanh Function must be seen by the dispatch-mode counter. One exception: a single
+    output column's dh is a broadcast product (M in multiplies, elementwise: not counted)."""
+    C, M, D, A = 3, 5, 4, 2
+    x = torch.randn(C, M, D, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for H in (8, 32):  # hidden layers narrow (custom Function) and wide (baddbmm)
+        net = BatchedMLP([D, H, H, A], seeds=[0, 1, 2], out_gain=0.01, dtype=F64)
+        units = D * H + H * H + A * H  # in x out summed over the layers
+        fwd = _flops(lambda net=net: net(x))
+        assert sum(fwd.values()) == 2 * C * M * units
+        both = _flops(lambda net=net: net(x).sum().backward())
+        # backward: dW of every layer, dh of all but the first (x needs no gradient)
+        assert sum(both.values()) - sum(fwd.values()) == 2 * C * M * (units + H * H + A * H)
+        assert both["bmm"] == 2 * C * M * (units + H * H + A * H)  # the backward's products
+        xg = x.clone().requires_grad_(True)
+        withx = _flops(lambda net=net, xg=xg: net(xg).sum().backward())
+        assert sum(withx.values()) == sum(both.values()) + 2 * C * M * D * H  # + dx
+    # the custom Function alone: a narrow output layer of 2 columns, forward and backward
+    h = torch.randn(C, M, 16, dtype=F64, requires_grad=True)
+    w = torch.randn(C, 16, 2, dtype=F64, requires_grad=True)
+    b = torch.zeros(C, 1, 2, dtype=F64, requires_grad=True)
+    assert _flops(lambda: linear(h, w, b).sum().backward()) == {
+        "baddbmm": 2 * C * M * 16 * 2,
+        "bmm": 2 * 2 * C * M * 16 * 2,
+    }
+    # one output column (a critic's value head): dh = g w^T is a broadcast product, not counted
+    w1 = torch.randn(C, 16, 1, dtype=F64, requires_grad=True)
+    b1 = torch.zeros(C, 1, 1, dtype=F64, requires_grad=True)
+    assert _flops(lambda: linear(h, w1, b1).sum().backward()) == {
+        "baddbmm": 2 * C * M * 16,
+        "bmm": 2 * C * M * 16,
+    }

@@ -26,11 +26,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.utils.flop_counter import FlopCounterMode
 
 from grpo_lab.advantages import gae
 from grpo_lab.algorithms.common import (
@@ -66,6 +68,47 @@ def with_task(env: object, configs: Sequence[BaseModel]) -> list[BaseModel]:
                 f"{env_id!r} in the algorithm's config"
             )
     return list(configs)
+
+
+# ----------------------------------------------------------------------------- update FLOPs
+
+
+def flop_counter(every: int, iteration: int) -> FlopCounterMode | None:
+    """The FLOP counter of the update of ``iteration`` if it is a counted one (``every`` > 0 and
+    iteration % every == 0; ``every`` = a config's ``count_flops_every``, 0: never), else None.
+
+    What it counts (``torch.utils.flop_counter.FlopCounterMode``, a dispatch mode, so it sees
+    every aten op, those inside custom autograd Functions such as ``policies.mlp``'s layers and
+    in their backward included): the floating-point operations of the matmul-type ops, mm,
+    bmm, addmm, baddbmm, convolutions, scaled-dot-product attention, 2 per multiply-add, in
+    forward, backward and double backward (TRPO's Fisher-vector products). Not counted:
+    elementwise and reduction ops (activations, softmax, losses, Adam, gradient norms, CG's
+    vector updates, broadcast products such as a value head's input gradient). The counter
+    slows the update (every op goes through Python), so a counted update's wall time is not a
+    timing (``update_cost``)."""
+    return FlopCounterMode(display=False) if every > 0 and iteration % every == 0 else None
+
+
+def counting(counter: FlopCounterMode | None) -> AbstractContextManager[object]:
+    """``with counting(counter):`` counts the block into ``counter``; None: a no-op."""
+    return counter if counter is not None else nullcontext()
+
+
+def update_cost(counter: FlopCounterMode | None, t_upd: float, C: int) -> tuple[float, float]:
+    """(update_time, update_flops) to log for an update of a batch of C configurations that
+    took ``t_upd`` s. Not counted (``counter`` None): (t_upd, NaN). Counted: (NaN, the counted
+    FLOPs / C): the counter slowed the update, so its time is no timing (``verdicts.compute_costs``
+    drops non-finite timings); ``flop_counter`` says what is counted.
+
+    The count / C is the work of one configuration's update in the batched program: the C
+    networks have equal shapes and every op carries the leading configuration axis, so each
+    configuration gets an equal share, like the batch's wall time. Where the shapes do not depend
+    on the data (PPO) it equals the configuration's count run alone; where the batch runs to its
+    slowest configuration it is at least that: GRPO pads every episode to the longest of the
+    whole batch, TRPO's CG and line search loop while any configuration is pending."""
+    if counter is None:
+        return t_upd, math.nan
+    return math.nan, counter.get_total_flops() / C
 
 
 # ----------------------------------------------------------------------------- PPO
@@ -115,6 +158,9 @@ class ClassicPPOConfig(BaseModel):
     adam_eps: float = Field(1e-5, gt=0.0)
     eval_episodes: int = Field(20, ge=1)
     seed: int = 0
+    # count the update FLOPs of every k-th iteration (``flop_counter``; 0: never); the counted
+    # iterations log update_flops and update_time NaN, the others update_flops NaN
+    count_flops_every: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ClassicPPOConfig:
@@ -426,11 +472,13 @@ def log_iteration(
     t_roll: float,
     t_upd: float,
     alive: Tensor,
+    update_flops: float = math.nan,
 ) -> None:
     """Log one PPO / TRPO iteration: iteration, env_steps (so far, per configuration),
     episode_return, explained_variance = 1 - Var(R - V) / Var(R) of the critic that produced the
     rollout's values, env_steps_per_s (of the rollout, all C configurations together),
-    rollout_time, update_time."""
+    rollout_time, update_time (NaN on a counted iteration) and update_flops (the matmul-type
+    FLOPs of one configuration's update on a counted iteration, else NaN; ``update_cost``)."""
     C, M = roll.returns.shape
     expl_var = 1 - (roll.returns - roll.values).var(-1) / roll.returns.var(-1)
     rec.log(
@@ -443,6 +491,7 @@ def log_iteration(
             "env_steps_per_s": torch.full((C,), C * M / max(t_roll, 1e-9)),
             "rollout_time": torch.full((C,), t_roll),
             "update_time": torch.full((C,), t_upd),
+            "update_flops": torch.full((C,), update_flops, dtype=torch.float64),
         },
         alive,
     )
@@ -456,7 +505,9 @@ def train_classic_ppo(
 
     ``RunRecord.step``: one column per optimiser step (``ppo_update``'s metrics with lr,
     clip_coef, iteration). ``iter``: iteration, env_steps, episode_return, explained_variance,
-    env_steps_per_s (rollout), rollout_time, update_time. ``summary``: eval_return, env_steps.
+    env_steps_per_s (rollout), rollout_time, update_time, update_flops (``log_iteration``; the
+    update counted is steps 3-4: ``ppo_update`` and its logging). ``summary``: eval_return,
+    env_steps.
     """
     configs = [configs] if isinstance(configs, ClassicPPOConfig) else list(configs)
     configs = with_task(env, configs)
@@ -493,15 +544,19 @@ def train_classic_ppo(
         t_roll = time.perf_counter() - t0
         steps_done += E * T
         # 3-4. epochs x minibatches, the audit after each step
+        counter = flop_counter(cfg.count_flops_every, u)
         t0 = time.perf_counter()
-        order_gens = None
-        if cfg.num_minibatches > 1:
-            order_gens = [iteration_generators(seeds, u, 100 + e) for e in range(cfg.update_epochs)]
-        st = ppo_update(actor, critic, opt, roll, clip, cfg, order_gens)
-        extra = {"lr": lr_now, "clip_coef": clip.reshape(C), "iteration": torch.full((C,), u)}
-        alive = log_update_steps(rec, st, alive, extra)
-        t_upd = time.perf_counter() - t0
-        log_iteration(rec, roll, u, steps_done, t_roll, t_upd, alive)
+        with counting(counter):
+            order_gens = None
+            if cfg.num_minibatches > 1:
+                order_gens = [
+                    iteration_generators(seeds, u, 100 + e) for e in range(cfg.update_epochs)
+                ]
+            st = ppo_update(actor, critic, opt, roll, clip, cfg, order_gens)
+            extra = {"lr": lr_now, "clip_coef": clip.reshape(C), "iteration": torch.full((C,), u)}
+            alive = log_update_steps(rec, st, alive, extra)
+        t_upd, flops = update_cost(counter, time.perf_counter() - t0, C)
+        log_iteration(rec, roll, u, steps_done, t_roll, t_upd, alive, flops)
     venv.close()
     evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend, dt, obs_norm)
     rec.summary = {"eval_return": evals, "env_steps": torch.full((C,), float(steps_done))}

@@ -21,8 +21,9 @@ GRPO (DeepSeekMath, arXiv 2402.03300 §4.1-4.2), one iteration, top to bottom:
      clipping; Adam with a per-configuration learning rate.
   5. Instrumentation: after every optimiser step the minibatch's ratio audit against pi_old
      (ratio max/min, clip fractions by side, approx KL), entropy and loss; per iteration the mean
-     episode return and length, the fraction of groups with zero return variance (no signal) and
-     env steps per second. Summary: the deterministic ``eval_return``, ``env_steps`` and
+     episode return and length, the fraction of groups with zero return variance (no signal),
+     env steps per second, the update's wall time and, every ``count_flops_every`` iterations,
+     its FLOPs (``ClassicGRPOTrainer.update``). Summary: the deterministic ``eval_return``, ``env_steps`` and
      ``iterations`` (the iterations this configuration ran, the cut one included).
 
 Budget: ``iterations`` (I updates), or ``total_timesteps`` (B environment steps, the budget key of
@@ -50,6 +51,7 @@ draws from its own generators, so a batch gives the numbers of its configuration
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +64,10 @@ from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.classic import (
     _check_env,
     _env_seeds,
+    counting,
     evaluate,
+    flop_counter,
+    update_cost,
     with_task,
 )
 from grpo_lab.algorithms.common import (
@@ -115,6 +120,9 @@ class ClassicGRPOConfig(BaseModel):
     max_len: int | None = Field(None, ge=1)  # Dr. GRPO's constant; None: the env's time limit
     eval_episodes: int = Field(20, ge=1)
     seed: int = 0
+    # count the update FLOPs of every k-th iteration (``classic.flop_counter``; 0: never); the
+    # counted iterations log update_flops and update_time NaN, the others update_flops NaN
+    count_flops_every: int = Field(0, ge=0)
 
     @field_validator("group_size")
     @classmethod
@@ -383,7 +391,12 @@ class ClassicGRPOTrainer:
 
     def update(self, it: int) -> None:
         """One GRPO iteration: sample, advantages, epochs x minibatches of optimiser steps (for
-        the configurations whose rollout was not cut by the budget, module docstring)."""
+        the configurations whose rollout was not cut by the budget, module docstring).
+
+        The update, timed (update_time) and on a counted iteration counted (update_flops,
+        ``classic.flop_counter``), is the reference policy's log-probabilities on the batch (when
+        beta > 0) and every optimiser step with its ratio audit; the network runs on the padded
+        (N, T) layout, so the masked steps after an episode's end are in the work."""
         cfg, C, G = self.cfg, self.C, self.cfg.group_size
         active = self.active.clone()
         t0 = time.perf_counter()
@@ -391,17 +404,22 @@ class ClassicGRPOTrainer:
         t_roll = time.perf_counter() - t0
         updating = active & ~batch.cut  # (C,)
         adv = outcome_advantages(batch.returns, G, self.loss)  # (C, N)
-        ref_logp = _logp(self.ref, batch.obs, batch.actions) if self.ref is not None else None
+        counter = flop_counter(cfg.count_flops_every, it)
         t0 = time.perf_counter()
-        n_mb = cfg.num_groups // cfg.minibatches
-        perm_gens = iteration_generators(self.seeds, it, stream=2)
-        for _epoch in range(cfg.epochs if bool(updating.any()) else 0):
-            perm = group_permutations(perm_gens, cfg.num_groups)  # (C, num_groups)
-            for m in range(cfg.minibatches):
-                grp = perm[:, m * n_mb : (m + 1) * n_mb]  # (C, n_mb)
-                idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n_mb G)
-                self._step(it, batch, adv, ref_logp, idx, updating)
-        self._log_iteration(it, batch, adv, t_roll, time.perf_counter() - t0, active)
+        with counting(counter):
+            ref_logp = None
+            if self.ref is not None:
+                ref_logp = _logp(self.ref, batch.obs, batch.actions)
+            n_mb = cfg.num_groups // cfg.minibatches
+            perm_gens = iteration_generators(self.seeds, it, stream=2)
+            for _epoch in range(cfg.epochs if bool(updating.any()) else 0):
+                perm = group_permutations(perm_gens, cfg.num_groups)  # (C, num_groups)
+                for m in range(cfg.minibatches):
+                    grp = perm[:, m * n_mb : (m + 1) * n_mb]  # (C, n_mb)
+                    idx = (grp.unsqueeze(-1) * G + torch.arange(G)).reshape(C, -1)  # (C, n_mb G)
+                    self._step(it, batch, adv, ref_logp, idx, updating)
+        t_upd, flops = update_cost(counter, time.perf_counter() - t0, C)
+        self._log_iteration(it, batch, adv, t_roll, t_upd, active, flops)
         self.iterations_done += active.double()
         self.active &= self.env_steps < self.budget
 
@@ -459,11 +477,23 @@ class ClassicGRPOTrainer:
         t_roll: float,
         t_upd: float,
         active: Tensor,
+        update_flops: float = math.nan,
     ) -> None:
         """Per-iteration metrics of the configurations ``active`` (C,) at its start; on a cut
         iteration the per-episode ones are NaN (the episodes that ended before the budget ran out
-        are the short ones: a biased sample) and update_time is 0 for lack of an update."""
+        are the short ones: a biased sample) and update_time is 0 for lack of an update.
+
+        ``update_flops``: NaN, or on a counted iteration the matmul-type FLOPs of one
+        configuration's update (``classic.update_cost``; 0 for a configuration whose rollout was
+        cut: it made no update), and then update_time is NaN for every configuration (the batch
+        was timed under the counter)."""
         C, G = self.C, self.cfg.group_size
+        upd_time = torch.full((C,), t_upd)
+        upd_flops = torch.full((C,), update_flops, dtype=torch.float64)
+        if math.isnan(update_flops):
+            upd_time = torch.where(batch.cut, 0.0, upd_time)
+        else:
+            upd_flops = torch.where(batch.cut, 0.0, upd_flops)
         lengths = batch.lengths.double()  # (C, N)
         self.env_steps += lengths.sum(-1)
         grp = batch.returns.reshape(C, -1, G)  # (C, num_groups, G)
@@ -475,7 +505,8 @@ class ClassicGRPOTrainer:
                 "env_steps": self.env_steps.clone(),
                 "env_steps_per_s": torch.full((C,), float(lengths.sum()) / max(t_roll, 1e-9)),
                 "rollout_time": torch.full((C,), t_roll),
-                "update_time": torch.where(batch.cut, 0.0, torch.full((C,), t_upd)),
+                "update_time": upd_time,
+                "update_flops": upd_flops,
                 "cut": batch.cut.double(),
             },
             live,

@@ -65,9 +65,12 @@ from grpo_lab.algorithms.classic import (
     ObsNorm,
     _check_env,
     _env_seeds,
+    counting,
     evaluate,
+    flop_counter,
     log_iteration,
     rollout,
+    update_cost,
     with_task,
 )
 from grpo_lab.algorithms.common import RunRecord, check_batchable, iteration_generators
@@ -131,6 +134,9 @@ class ClassicTRPOConfig(BaseModel):
     hidden: int = Field(64, ge=1)
     eval_episodes: int = Field(20, ge=1)
     seed: int = 0
+    # count the update FLOPs of every k-th iteration (``classic.flop_counter``; 0: never); the
+    # counted iterations log update_flops and update_time NaN, the others update_flops NaN
+    count_flops_every: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> ClassicTRPOConfig:
@@ -373,7 +379,10 @@ def train_classic_trpo(
     step_accepted, backtracks, entropy, grad_norm, cg_residual, beta, expected_improve (at the
     full step), v_loss, iteration. ``iter`` metrics per update: env_steps, episode_return,
     explained_variance (of the critic that produced the batch's values), env_steps_per_s,
-    rollout_time, update_time. ``summary``: eval_return (deterministic), env_steps (C,).
+    rollout_time, update_time, update_flops (``classic.log_iteration``; the update counted is
+    steps 2-6: advantage normalisation, pi_old on the batch, gradient, CG with its Fisher-vector
+    products, line search, audit, critic fit). ``summary``: eval_return (deterministic),
+    env_steps (C,).
     A non-finite step or critic loss stops that configuration (status "diverged"), not the batch.
     """
     configs = [configs] if isinstance(configs, ClassicTRPOConfig) else list(configs)
@@ -404,33 +413,35 @@ def train_classic_trpo(
         )  # fmt: skip
         t_roll = time.perf_counter() - t0
         steps_done += E * T
+        counter = flop_counter(cfg.count_flops_every, u)
         t0 = time.perf_counter()
-        adv = _normalise(roll.adv) if cfg.normalize_advantage else roll.adv
-        with torch.no_grad():
-            old_all = log_probs(actor, roll.obs)  # (C, M, A) pi_old on the batch
-        batch = (roll.obs, roll.actions, old_all, adv)
-        theta_old = flatten([p.detach() for p in params], C)  # (C, D)
-        full, nat = natural_step(actor, batch, delta, cfg)
-        newly = alive & ~nat.pop("finite_step")
-        if bool(newly.any()):
-            rec.mark_diverged(newly, u, "non-finite gradient, CG solution or step")
-            alive &= ~newly
-        ls = line_search(
-            actor, theta_old, full, batch, delta,
-            cfg.line_search_shrinking_factor, cfg.line_search_max_iter, alive,
-        )  # fmt: skip
-        metrics = _step_metrics(actor, batch, ls) | nat
-        v_loss = _fit_critic(
-            critic, opt, roll.obs, roll.returns, iteration_generators(seeds, u, 2), cfg
-        )
-        newly = alive & ~torch.isfinite(v_loss)
-        if bool(newly.any()):
-            rec.mark_diverged(newly, u, "non-finite critic loss")
-            alive &= ~newly
-        metrics.update(v_loss=v_loss, iteration=torch.full((C,), float(u)))
-        rec.log("step", metrics, alive)
-        t_upd = time.perf_counter() - t0
-        log_iteration(rec, roll, u, steps_done, t_roll, t_upd, alive)
+        with counting(counter):
+            adv = _normalise(roll.adv) if cfg.normalize_advantage else roll.adv
+            with torch.no_grad():
+                old_all = log_probs(actor, roll.obs)  # (C, M, A) pi_old on the batch
+            batch = (roll.obs, roll.actions, old_all, adv)
+            theta_old = flatten([p.detach() for p in params], C)  # (C, D)
+            full, nat = natural_step(actor, batch, delta, cfg)
+            newly = alive & ~nat.pop("finite_step")
+            if bool(newly.any()):
+                rec.mark_diverged(newly, u, "non-finite gradient, CG solution or step")
+                alive &= ~newly
+            ls = line_search(
+                actor, theta_old, full, batch, delta,
+                cfg.line_search_shrinking_factor, cfg.line_search_max_iter, alive,
+            )  # fmt: skip
+            metrics = _step_metrics(actor, batch, ls) | nat
+            v_loss = _fit_critic(
+                critic, opt, roll.obs, roll.returns, iteration_generators(seeds, u, 2), cfg
+            )
+            newly = alive & ~torch.isfinite(v_loss)
+            if bool(newly.any()):
+                rec.mark_diverged(newly, u, "non-finite critic loss")
+                alive &= ~newly
+            metrics.update(v_loss=v_loss, iteration=torch.full((C,), float(u)))
+            rec.log("step", metrics, alive)
+        t_upd, flops = update_cost(counter, time.perf_counter() - t0, C)
+        log_iteration(rec, roll, u, steps_done, t_roll, t_upd, alive, flops)
     venv.close()
     evals = evaluate(actor, cfg.env_id, seeds, cfg.eval_episodes, cfg.backend, dt, obs_norm)
     rec.summary = {"eval_return": evals, "env_steps": torch.full((C,), float(steps_done))}

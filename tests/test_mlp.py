@@ -117,3 +117,26 @@ def test_flop_counter_sees_the_custom_functions_forward_and_backward():
         "baddbmm": 2 * C * M * 16,
         "bmm": 2 * C * M * 16,
     }
+
+
+def test_narrow_hidden_layers_and_single_rows_train():
+    """A hidden width below NARROW of 1 (one output column) and a batch of one row: the narrow
+    layer's transposed result is already contiguous, and must not come out as a view, which the
+    in-place hidden tanh could not modify under autograd (it raised before). Checked against the
+    same network written with torch.tanh and plain matmuls."""
+    import torch
+
+    from grpo_lab.policies.mlp import BatchedMLP
+
+    for sizes, rows in (([4, 1, 1, 2], 5), ([4, 8, 8, 2], 1)):
+        m = BatchedMLP(sizes, [0, 1], 0.01, torch.float64)
+        x = torch.randn(2, rows, 4, dtype=torch.float64)
+        y = m(x)
+        y.sum().backward()
+        h = x
+        for i, (w, b) in enumerate(zip(m.weights, m.biases, strict=True)):
+            h = h @ w + b
+            if i < len(m.weights) - 1:
+                h = torch.tanh(h)
+        torch.testing.assert_close(y, h)
+        assert all(w.grad is not None and torch.isfinite(w.grad).all() for w in m.weights)

@@ -87,7 +87,11 @@ class _NarrowLinear(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, h: Tensor, w: Tensor, b: Tensor
     ) -> Tensor:
         ctx.save_for_backward(h, w)
-        return _narrow(h, w, b)
+        y = _narrow(h, w, b)
+        # with one output column or one row the transposed result is already contiguous, so
+        # .contiguous() returns a view; a view out of a Function cannot be modified in place
+        # (the hidden tanh does that), so it gets its own storage
+        return y.clone() if y._base is not None else y
 
     @staticmethod
     def backward(

@@ -66,19 +66,24 @@ import numpy as np
 import pandas as pd
 
 from grpo_lab import stats
+from grpo_lab.analysis import (
+    DELTA,
+    EPS_HIGH,
+    EPS_LOW,
+    LABEL,
+    LR,
+    SCORE_WORDS,
+    SweepData,
+    final_scores,
+    load_sweep,
+)
 from grpo_lab.registry import Registry
-from grpo_lab.store import atomic_write_bytes, load_results
+from grpo_lab.store import atomic_write_bytes
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not when the CLI starts
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-EPS_LOW, EPS_HIGH, LR, LABEL = "cfg.loss.eps_low", "cfg.loss.eps_high", "cfg.lr", "cfg.label"
-DELTA = "cfg.delta"
-NOT_AXES = ("cfg.seed", "cfg.protocol")  # replicates, and the sweep's own name
-# axes first in this order (then alphabetical): eps before lr makes eps the heatmap rows and
-# eps_high a function of eps_low rather than the other way round
-AXIS_ORDER = (LABEL, EPS_LOW, EPS_HIGH, LR)
 
 CONFIDENCE = 0.95
 CI_REPS = 1000  # bootstrap resamples of a band; the seed is fixed: same data, same band
@@ -149,98 +154,6 @@ def _verdict_context(v: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------- sweep data
-
-
-@dataclass
-class SweepData:
-    """The stored results of one sweep: tidy frames from ``store.load_results`` (None where that
-    kind could not be loaded; ``notes`` says why) and the condition axes read off them."""
-
-    sweep: str
-    path: Path
-    steps: pd.DataFrame | None = None
-    iterations: pd.DataFrame | None = None
-    summary: pd.DataFrame | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def runs(self) -> pd.DataFrame | None:
-        """One row per run with its cfg.* columns (the summary, else the first frame there is)."""
-        for df in (self.summary, self.iterations, self.steps):
-            if df is not None and len(df):
-                return df.drop_duplicates("run_id").reset_index(drop=True)
-        return None
-
-    @property
-    def axes(self) -> list[str]:
-        runs = self.runs
-        return [] if runs is None else condition_axes(runs)
-
-
-def load_sweep(path: str | Path) -> SweepData:
-    """Load the three kinds of results of the sweep at ``path``; never raises for missing data."""
-    p = Path(path)
-    data = SweepData(p.name, p)
-    for kind in ("summary", "iterations", "steps"):
-        try:
-            df = load_results(p, kind)
-        except (ValueError, OSError) as e:
-            data.notes.append(f"{kind} not loaded: {e}")
-            continue
-        if kind == "summary" and df.attrs.get("stale"):
-            data.notes.append(
-                f"{df.attrs['stale']} run(s) on disk are not in the sweep's manifest (an earlier "
-                "grid or config version) and are left out"
-            )
-        ok = data.summary is not None and (data.summary["status"] != "error").any()
-        if kind != "summary" and not len(df):
-            why = "these runs record no steps" if ok else "every complete run failed"
-            data.notes.append(f"no {kind} rows ({why})")
-        setattr(data, kind, df if len(df) else None)
-    if data.summary is not None and data.summary.attrs.get("skipped"):
-        data.notes.append(
-            f"{data.summary.attrs['skipped']} incomplete run directories left out "
-            "(no summary.json: still running or killed)"
-        )
-    return data
-
-
-def condition_axes(runs: pd.DataFrame) -> list[str]:
-    """The configuration columns that tell conditions apart (module docstring).
-
-    ``runs``: one row per run with ``cfg.*`` columns (any results frame; duplicates of a run are
-    dropped). A column is an axis if it takes more than one value (None counts as a value) among
-    the runs of one label, or it is the label and there are several; ``cfg.seed`` never is. A
-    column that is a function of the axes before it (in ``AXIS_ORDER``, then alphabetical) is
-    dropped: eps_high that equals eps_low adds no condition.
-    """
-    if "run_id" in runs:
-        runs = runs.drop_duplicates("run_id")
-    label = LABEL if LABEL in runs else ("cfg.algorithm" if "cfg.algorithm" in runs else None)
-    cols = [c for c in runs.columns if c.startswith("cfg.") and c not in NOT_AXES and c != label]
-    varying = set()
-    groups = runs.groupby(label, dropna=False) if label else [(None, runs)]
-    for _, g in groups:
-        varying |= {c for c in cols if _nunique(g[c]) > 1}
-    order = {c: i for i, c in enumerate(AXIS_ORDER)}
-    candidates = sorted(varying, key=lambda c: (order.get(c, len(order)), c))
-    axes = [label] if label and _nunique(runs[label]) > 1 else []
-    for c in candidates:
-        if axes and runs.groupby(axes, dropna=False)[c].agg(_nunique).max() <= 1:
-            continue  # determined by the axes already chosen
-        axes.append(c)
-    return axes
-
-
-def _nunique(s: pd.Series) -> int:
-    return int(s.astype(object).map(_key).nunique(dropna=False))
-
-
-def _key(v: Any) -> Any:
-    """A value as a hashable, NaN-safe key (None and NaN are one 'missing' value)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "\0missing"
-    return v
 
 
 def _short(col: str) -> str:
@@ -632,8 +545,9 @@ def _band_note() -> str:
 
 
 def _normalised(data: SweepData) -> tuple[pd.DataFrame, str, str]:
-    """Per (run, x = updates completed) the exact normalised return J/J*, or the gap J* - J when
-    some J* <= 0; the final policy (summary j_final) is the point after the last update."""
+    """Per (run, x = updates completed) the exact normalised return J / |J*| (the score the
+    verdicts use, ``analysis.final_scores``); the final policy (summary j_final) is the point after
+    the last update."""
     it = data.iterations
     if it is None or "J" not in it or "gap" not in it:
         raise SkipFigure("no iteration rows with exact J and gap")
@@ -653,12 +567,8 @@ def _normalised(data: SweepData) -> tuple[pd.DataFrame, str, str]:
             [rows, last[["run_id", "iteration", "J", "j_star", *cfg]]], ignore_index=True
         )
     rows["iteration"] = pd.to_numeric(rows["iteration"], errors="coerce").astype("float64")
-    j_star = rows["j_star"].astype("float64")
-    if (j_star[np.isfinite(j_star)] > 0).all() and np.isfinite(j_star).any():
-        rows["y"] = rows["J"].astype("float64") / j_star
-        return rows, "normalised return J / J* (exact; 1 = optimal)", "J/J*"
-    rows["y"] = j_star - rows["J"].astype("float64")
-    return rows, "optimality gap J* - J (exact; return units, 0 = optimal)", "gap"
+    rows["y"] = rows["J"].astype("float64") / rows["j_star"].astype("float64").abs()
+    return rows, "normalised return J / |J*| (exact; 1 = optimal)", "J/|J*|"
 
 
 def learning_curve_table(data: SweepData) -> pd.DataFrame:
@@ -991,16 +901,6 @@ def gain_vs_bounds(data: SweepData) -> Plot:
     )
 
 
-def final_scores(summary: pd.DataFrame) -> tuple[pd.Series, str]:
-    """Per run: J_final / J* (all J* > 0), else -(J* - J_final); and what the score is."""
-    j_star = pd.to_numeric(summary.get("j_star"), errors="coerce").astype("float64")
-    j_final = pd.to_numeric(summary.get("j_final"), errors="coerce").astype("float64")
-    known = j_star[np.isfinite(j_star)]
-    if len(known) and (known > 0).all():
-        return j_final / j_star, "final normalised return J / J* (1 = optimal)"
-    return j_final - j_star, "final return minus optimum J - J* (return units; 0 = optimal)"
-
-
 def comparison_scores(data: SweepData) -> tuple[dict[str, np.ndarray], str]:
     """Final score of every run (``final_scores``; classic control: ``eval_return``) per
     condition (label, then any other axes), finite scores only, conditions in sorted order; and
@@ -1009,13 +909,11 @@ def comparison_scores(data: SweepData) -> tuple[dict[str, np.ndarray], str]:
     if s is None or LABEL not in s or s[LABEL].nunique() < 2:
         raise SkipFigure("fewer than two algorithm labels")
     exact = "j_final" in s and "j_star" in s and s["j_final"].notna().any()
-    if exact:
-        score, what = final_scores(s)
-    elif "eval_return" in s:  # classic control: no exact return, a deterministic evaluation
-        score = pd.to_numeric(s["eval_return"], errors="coerce").astype("float64")
-        what = "final evaluation return (deterministic policy, mean over its episodes)"
-    else:
+    if not exact and "eval_return" not in s and "eval_acc_final" not in s:
         raise SkipFigure("no j_final / j_star (or eval_return) in the summaries")
+    scored_runs = final_scores(SweepData(summary=s))  # the verdicts' own score definition
+    score = pd.to_numeric(scored_runs["score"], errors="coerce").reindex(s.index)
+    what = SCORE_WORDS[scored_runs.attrs["score_key"]]
     axes = [a for a in data.axes if a in s]
     if LABEL not in axes:
         axes = [LABEL, *axes]
@@ -1282,7 +1180,7 @@ COST_PARTS = (("rollout_us_per_step", "rollout"), ("update_us_per_step", "update
 
 def compute_cost_table(data: SweepData) -> pd.DataFrame:
     """The numbers of the compute-cost figure: per algorithm label and cost
-    (``protocols.compute_costs``: rollout, update and total microseconds of wall time per env
+    (``analysis.compute_costs``: rollout, update and total microseconds of wall time per env
     step, amortised over the batch), the IQM over timed batches with its 95% stratified-bootstrap
     interval (COMPARE_REPS resamples, seed CI_SEED; NaN with one batch), the batches and runs.
 
@@ -1342,7 +1240,7 @@ def compute_cost(data: SweepData) -> Plot:
         "batch to the new policy: PPO's epochs with a critic, GRPO's epochs without one, TRPO's "
         "conjugate gradient, line search and critic fit) per environment step, summed over the "
         "iterations of a batched program and divided by all its env steps "
-        "(grpo_lab.protocols.compute_costs). The runs of one batch share one timing, so the "
+        "(grpo_lab.analysis.compute_costs). The runs of one batch share one timing, so the "
         f"batch is the unit: IQM over batches with a {CONFIDENCE:.0%} stratified-bootstrap "
         "interval where there are several"
         + (f" (one batch, no interval: {', '.join(single)})" if single else "")

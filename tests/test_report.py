@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import GRPO_DAPO, protocol_text
 
-from grpo_lab import report, stats, store
+from grpo_lab import analysis, report, stats, store
 from grpo_lab.protocols import load_protocol
 from grpo_lab.sweep import run_protocol
 
@@ -96,9 +96,9 @@ def test_condition_axes_read_the_grid_off_the_data(results):
     eps = store.load_results(results / "tiny-eps-quick", "summary")
     seeds = store.load_results(results / "tiny-seeds-quick", "summary")
     # eps_high stays 0.28 (dapo) so it is no axis; the seed is replication, never an axis
-    assert report.condition_axes(eps) == ["cfg.loss.eps_low", "cfg.lr"]
+    assert analysis.condition_axes(eps) == ["cfg.loss.eps_low", "cfg.lr"]
     # grpo and trpo differ in many config fields; only the label tells conditions apart
-    assert report.condition_axes(seeds) == ["cfg.label"]
+    assert analysis.condition_axes(seeds) == ["cfg.label"]
 
 
 def test_heatmap_tables_equal_an_independent_groupby(results):

@@ -15,8 +15,8 @@ from grpo_lab.algorithms.classic_trpo import (
     natural_step,
     train_classic_trpo,
 )
-from grpo_lab.algorithms.trpo import conjugate_gradient, flatten, unflatten
 from grpo_lab.policies.mlp import BatchedMLP
+from grpo_lab.trust_region import conjugate_gradient, flatten, unflatten
 
 SIZES = [4, 5, 5, 3]  # obs 4, two tanh layers of 5, 3 actions: D = 73 parameters per config
 SHORT = {"n_steps": 128, "batch_size": 64, "total_timesteps": 2 * 2 * 128, "eval_episodes": 2}

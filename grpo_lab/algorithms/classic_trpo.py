@@ -36,12 +36,11 @@ Design choices (documented here once):
     product, a slightly shorter full step. Both are then checked by the line search.
   * The constraint is KLbar <= delta (the paper's); SB3-contrib tests KLbar < target_kl.
 
-Reused: ``trpo.conjugate_gradient`` (generic in (C, D) rows), ``trpo.flatten`` / ``unflatten``
-and ``trpo._flat_grad``; ``policies.mlp.BatchedMLP``; ``classic.rollout`` (steps 1-2, shared
-with PPO), ``_check_env``, ``_env_seeds``, ``evaluate``; ``optim.BatchedAdam``;
-``common.RunRecord``. Written here: the Fisher-vector product and line search
-(``trpo.fisher_vector_product`` reads a tabular ``policy.log_probs()`` table and ``trpo.py``'s
-line search is inline in ``train_trpo``, tied to the tabular state weights).
+The trust-region machinery is ``grpo_lab.trust_region``, shared with tabular TRPO: Fisher-vector
+products, conjugate gradient, the natural step and the line search, each on closures over this
+module's sampled ``mean_kl`` and ``surrogate``. Also reused: ``policies.mlp.BatchedMLP``;
+``classic.rollout`` (steps 1-2, shared with PPO), ``evaluate``; ``optim.BatchedAdam``;
+``common.RunRecord``.
 
 Batched configurations: ``delta``, ``seed`` and ``vf_lr`` may differ across the C configurations
 of one run (``BATCHABLE``); each configuration draws from its own generators and every reduction
@@ -55,12 +54,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grpo_lab import trust_region as tr
 from grpo_lab.algorithms.classic import (
     ObsNorm,
     _check_env,
@@ -74,7 +73,6 @@ from grpo_lab.algorithms.classic import (
     with_task,
 )
 from grpo_lab.algorithms.common import RunRecord, check_batchable, iteration_generators
-from grpo_lab.algorithms.trpo import _flat_grad, conjugate_gradient, flatten, unflatten
 from grpo_lab.envs.classic import make_classic
 from grpo_lab.optim import BatchedAdam, flat_parameters
 from grpo_lab.policies.mlp import BatchedMLP
@@ -175,48 +173,24 @@ def fisher_vector_product(
     actor: BatchedMLP, obs: Tensor, old_logp_all: Tensor, damping: float = 0.0
 ) -> Callable[[Tensor], Tensor]:
     """v -> (F + damping I) v per configuration, F = Hessian of KLbar at theta_old by double
-    backprop (TRPO arXiv 1502.05477 App. C.1): with k(theta) = grad_theta KLbar kept as a graph,
-    F v = grad_theta (k(theta) . v). The actor must sit at theta_old (``old_logp_all`` = its
-    log-probabilities on ``obs``, detached). Row c of v, k and F v belongs to configuration c only:
-    the configurations share no parameter, so the gradient of the sum over c is each one's own.
+    backprop (TRPO arXiv 1502.05477 App. C.1; ``trust_region.fisher_vector_product`` on this
+    module's sampled ``mean_kl``). The actor must sit at theta_old (``old_logp_all`` = its
+    log-probabilities on ``obs``, detached); configurations share no parameter.
 
     Shapes: obs (C, M, Do); old_logp_all (C, M, A); v (C, D) -> (C, D).
     """
-    params = list(actor.parameters())
-    C = obs.shape[0]
-    kl = mean_kl(log_probs(actor, obs), old_logp_all.detach())  # (C,)
-    k = _flat_grad(kl, params, C, create_graph=True)  # (C, D), zero in value at theta_old
-
-    def fvp(v: Tensor) -> Tensor:
-        return _flat_grad((k * v.detach()).sum(-1), params, C) + damping * v
-
-    return fvp
+    old = old_logp_all.detach()
+    return tr.fisher_vector_product(
+        lambda: mean_kl(log_probs(actor, obs), old), list(actor.parameters()), obs.shape[0], damping
+    )
 
 
 # ----------------------------------------------------------------------------- line search
 
 
-@dataclass
-class LineSearchResult:
-    """Per configuration (C,): accepted (bool), frac (b^k of the accepted step, 0 if rejected),
-    backtracks (k, or max_iter when rejected), kl and gain (KLbar and L - L_old of the applied
-    step; 0 when rejected)."""
-
-    accepted: Tensor
-    frac: Tensor
-    backtracks: Tensor
-    kl: Tensor
-    gain: Tensor
+LineSearchResult = tr.LineSearchResult
 
 
-def _set_flat(params: Sequence[Tensor], flat: Tensor) -> None:
-    """Write the (C, D) parameter matrix into ``params`` (each (C, ...)), in place."""
-    with torch.no_grad():
-        for p, v in zip(params, unflatten(flat, params), strict=True):
-            p.copy_(v)
-
-
-@torch.no_grad()
 def line_search(
     actor: BatchedMLP,
     theta_old: Tensor,
@@ -226,42 +200,26 @@ def line_search(
     shrink: float,
     max_iter: int,
     active: Tensor,
-) -> LineSearchResult:
-    """Backtracking line search of each configuration (TRPO arXiv 1502.05477 §6 and App. C):
-    try theta_old + b^k s for k = 0 .. max_iter - 1 and accept the first k (the largest step)
-    with KLbar <= delta and L(theta) - L(theta_old) > 0. All configurations are tested at each
-    fraction together; row c's verdict reads row c only. Leaves the actor at the accepted
+) -> tr.LineSearchResult:
+    """Backtracking line search of each configuration (TRPO arXiv 1502.05477 §6 and App. C;
+    ``trust_region.line_search``) on this module's sampled KL and surrogate: accept the first
+    b^k with KLbar <= delta and L(theta) - L(theta_old) > 0. Leaves the actor at the accepted
     parameters (theta_old where rejected or not ``active``).
 
     Shapes: theta_old, full_step (C, D); batch = (obs (C, M, Do), actions (C, M) long,
     old_logp_all (C, M, A), adv (C, M)); delta (C,); active (C,) bool.
     """
     obs, actions, old_all, adv = batch
-    params = list(actor.parameters())
     old_logp = old_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (C, M)
-    L_old = surrogate(old_all, actions, old_logp, adv)  # (C,)
-    C, dt = theta_old.shape[0], theta_old.dtype
-    zeros = torch.zeros(C, dtype=dt)
-    accepted = torch.zeros(C, dtype=torch.bool)
-    frac_acc, kl_acc, gain_acc = zeros.clone(), zeros.clone(), zeros.clone()
-    backtracks = torch.full((C,), float(max_iter), dtype=dt)
-    for k in range(max_iter):
-        pending = active & ~accepted
-        if not bool(pending.any()):
-            break
-        frac = shrink**k
-        _set_flat(params, theta_old + frac * full_step)
+    with torch.no_grad():
+        L_old = surrogate(old_all, actions, old_logp, adv)  # (C,)
+
+    def evaluate() -> tuple[Tensor, Tensor]:
         logp_all = log_probs(actor, obs)
-        kl = mean_kl(logp_all, old_all)  # (C,)
-        gain = surrogate(logp_all, actions, old_logp, adv) - L_old  # (C,)
-        good = pending & torch.isfinite(kl) & (kl <= delta) & (gain > 0)
-        accepted |= good
-        frac_acc = torch.where(good, frac, frac_acc)
-        kl_acc = torch.where(good, kl, kl_acc)
-        gain_acc = torch.where(good, gain, gain_acc)
-        backtracks = torch.where(good, float(k), backtracks)
-    _set_flat(params, theta_old + frac_acc.unsqueeze(-1) * full_step)  # frac 0: theta_old
-    return LineSearchResult(accepted, frac_acc, backtracks, kl_acc, gain_acc)
+        return mean_kl(logp_all, old_all), surrogate(logp_all, actions, old_logp, adv) - L_old
+
+    params = list(actor.parameters())
+    return tr.line_search(params, theta_old, full_step, evaluate, delta, shrink, max_iter, active)
 
 
 def natural_step(
@@ -277,22 +235,14 @@ def natural_step(
     params = list(actor.parameters())
     C = obs.shape[0]
     old_logp = old_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (C, M)
-    L = surrogate(log_probs(actor, obs), actions, old_logp, adv)  # (C,)
-    g = _flat_grad(L, params, C).detach()  # (C, D)
-    fisher = fisher_vector_product(actor, obs, old_all, damping=0.0)  # v -> F v
-    lam = cfg.cg_damping
-
-    def damped(v: Tensor) -> Tensor:
-        return fisher(v) + lam * v  # (F + lambda I) v
-
-    x, _ = conjugate_gradient(damped, g, cfg.cg_max_steps, cfg.cg_tol)  # (C, D)
-    Fx = fisher(x).detach()  # (C, D)
-    quad = (x * Fx).sum(-1)  # x^T F x, undamped (C,)
-    g_norm = g.norm(dim=-1)
-    cg_res = (Fx + lam * x - g).norm(dim=-1) / torch.where(g_norm > 0, g_norm, 1.0)
-    pos = quad > 0
-    beta = torch.where(pos, (2.0 * delta / torch.where(pos, quad, 1.0)).sqrt(), 0.0)  # (C,)
-    full = (beta.unsqueeze(-1) * x).detach()  # (C, D)
+    old = old_all.detach()
+    ns = tr.natural_step(
+        lambda: surrogate(log_probs(actor, obs), actions, old_logp, adv),
+        lambda: mean_kl(log_probs(actor, obs), old),
+        params, C, delta, cfg.cg_damping, cfg.cg_max_steps, cfg.cg_tol,
+    )  # fmt: skip
+    g, x, beta, g_norm, cg_res = ns.g, ns.x, ns.beta, ns.grad_norm, ns.cg_residual
+    full = ns.full  # (C, D)
     ok = torch.isfinite(full).all(-1)
     full = torch.where(ok.unsqueeze(-1), full, 0.0)
     metrics = {
@@ -420,7 +370,7 @@ def train_classic_trpo(
             with torch.no_grad():
                 old_all = log_probs(actor, roll.obs)  # (C, M, A) pi_old on the batch
             batch = (roll.obs, roll.actions, old_all, adv)
-            theta_old = flatten([p.detach() for p in params], C)  # (C, D)
+            theta_old = tr.flatten([p.detach() for p in params], C)  # (C, D)
             full, nat = natural_step(actor, batch, delta, cfg)
             newly = alive & ~nat.pop("finite_step")
             if bool(newly.any()):

@@ -58,6 +58,7 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from grpo_lab import trust_region as tr
 from grpo_lab.advantages import (
     BaselineName,
     ScaleName,
@@ -82,6 +83,8 @@ from grpo_lab.optim import make_optimizer
 from grpo_lab.policies.tabular import POLICIES, PolicyName
 
 Tensor = torch.Tensor
+
+conjugate_gradient, flatten, unflatten = tr.conjugate_gradient, tr.flatten, tr.unflatten
 
 __all__ = [
     "BATCHABLE",
@@ -165,33 +168,6 @@ class TRPOConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Flat parameter vectors, one row per configuration
-
-
-def flatten(tensors: Sequence[Tensor], num_configs: int) -> Tensor:
-    """Concatenate tensors of shape (C, ...) into one (C, D) matrix, row c = configuration c."""
-    return torch.cat([t.reshape(num_configs, -1) for t in tensors], dim=1)
-
-
-def unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
-    """Inverse of ``flatten``: (C, D) -> tensors shaped like ``like`` (each (C, ...))."""
-    sizes = [t[0].numel() for t in like]
-    return [part.reshape(t.shape) for part, t in zip(flat.split(sizes, dim=1), like, strict=True)]
-
-
-def _flat_grad(
-    out: Tensor, params: Sequence[Tensor], num_configs: int, create_graph: bool = False
-) -> Tensor:
-    """grad of out.sum() w.r.t. params as (C, D). Configurations are independent, so the
-    gradient of the sum in row c is the gradient of out[c] alone."""
-    grads = torch.autograd.grad(
-        out.sum(), params, create_graph=create_graph, retain_graph=True, allow_unused=True
-    )
-    grads = [torch.zeros_like(p) if gr is None else gr for gr, p in zip(grads, params, strict=True)]
-    return flatten(grads, num_configs)
-
-
-# --------------------------------------------------------------------------------------------
 # Objective, constraint and their derivatives
 
 
@@ -253,9 +229,7 @@ def fisher_vector_product(
     policy: torch.nn.Module, old_logp_table: Tensor, weights: Tensor, damping: float
 ) -> Callable[[Tensor], Tensor]:
     """v -> (F + damping I) v, F = Hessian of KLbar(theta) at theta = theta_old, by double backprop
-    (TRPO arXiv 1502.05477 App. C.1): with k(theta) = grad_theta KLbar (kept as a graph),
-
-        F v = grad_theta (k(theta) . v)
+    (TRPO arXiv 1502.05477 App. C.1; ``trust_region.fisher_vector_product`` on ``mean_kl``).
 
     At theta_old this Hessian is the Fisher information matrix of the weighted states,
     F = sum_s w(s) J_s^T (diag(pi_s) - pi_s pi_s^T) J_s with J_s = d logits_s / d theta.
@@ -263,57 +237,12 @@ def fisher_vector_product(
 
     Shapes: old_logp_table (C, S, A); weights (C, S); v (C, D) -> (C, D), rows independent.
     """
-    params = list(policy.parameters())
-    C = old_logp_table.shape[0]
-    kl = mean_kl(policy.log_probs(), old_logp_table, weights)  # (C,)
-    k = _flat_grad(kl, params, C, create_graph=True)  # (C, D), zero in value at theta_old
-
-    def fvp(v: Tensor) -> Tensor:
-        hv = _flat_grad((k * v.detach()).sum(-1), params, C)  # (C, D)
-        return hv + damping * v
-
-    return fvp
-
-
-def conjugate_gradient(
-    fvp: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10
-) -> tuple[Tensor, Tensor]:
-    """Solve M x = b for each row by conjugate gradient (Hestenes & Stiefel 1952; TRPO arXiv
-    1502.05477 App. C), M symmetric positive definite given as the product ``fvp``:
-
-        x_0 = 0, r_0 = p_0 = b
-        alpha_k = r_k.r_k / p_k.M p_k;   x_{k+1} = x_k + alpha_k p_k;   r_{k+1} = r_k - alpha_k M p_k
-        beta_k  = r_{k+1}.r_{k+1} / r_k.r_k;   p_{k+1} = r_{k+1} + beta_k p_k
-
-    alpha and beta are per configuration (C,). A row stops (alpha = 0 from then on) once
-    |r| <= tol |b|, or if p.Mp <= 0 or is non-finite; the loop ends when every row has stopped or
-    after ``iters`` iterations. Returns (x (C, D), relative residual |r| / |b| (C,), from the CG
-    recursion; 0 where b = 0).
-
-    Shapes: b (C, D); fvp (C, D) -> (C, D).
-    """
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = b.clone()
-    rs = (r * r).sum(-1)  # (C,)
-    b2 = rs.clone()
-    done = rs <= tol**2 * b2  # (C,) includes b = 0
-    for _ in range(iters):
-        if bool(done.all()):
-            break
-        Ap = fvp(p)  # (C, D)
-        pAp = (p * Ap).sum(-1)  # (C,)
-        run = ~done & (pAp > 0) & torch.isfinite(pAp)
-        alpha = torch.where(run, rs / torch.where(run, pAp, 1.0), 0.0)  # (C,)
-        x = x + alpha.unsqueeze(-1) * p
-        r = r - alpha.unsqueeze(-1) * Ap
-        rs_new = (r * r).sum(-1)
-        beta = torch.where(run, rs_new / torch.where(run, rs, 1.0), 0.0)
-        p = torch.where(run.unsqueeze(-1), r + beta.unsqueeze(-1) * p, p)
-        rs = torch.where(run, rs_new, rs)
-        done = done | ~run | (rs <= tol**2 * b2)
-    rel = torch.where(b2 > 0, (rs / torch.where(b2 > 0, b2, 1.0)).sqrt(), 0.0)
-    return x, rel
+    return tr.fisher_vector_product(
+        lambda: mean_kl(policy.log_probs(), old_logp_table, weights),
+        list(policy.parameters()),
+        old_logp_table.shape[0],
+        damping,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,56 +396,49 @@ def train_trpo(
             w = state_visitation(mdp, probs_old)  # (C, S)
         batch = (ep.states, ep.actions, mask, old_logp, adv)
 
-        # 3. g = grad L(theta_old); x = (F + lambda I)^-1 g by CG on Fisher-vector products
-        L = surrogate(policy.log_probs(), *batch)  # (C,)
-        g = _flat_grad(L, params, C).detach()  # (C, D)
-        fisher = fisher_vector_product(policy, old_table, w, damping=0.0)  # v -> F v
+        # 3-4. g = grad L(theta_old); x = (F + lambda I)^-1 g by CG on Fisher-vector products;
+        # full step s = beta x with 1/2 s^T F s = delta (trust_region.natural_step)
+        def kl_fn(w: Tensor = w, old_table: Tensor = old_table) -> Tensor:
+            return mean_kl(policy.log_probs(), old_table, w)
 
-        def damped(v: Tensor, fisher: Callable[[Tensor], Tensor] = fisher) -> Tensor:
-            return fisher(v) + lam * v  # (F + lambda I) v
+        def surrogate_fn(batch: tuple[Tensor, ...] = batch) -> Tensor:
+            return surrogate(policy.log_probs(), *batch)
 
-        x, _ = conjugate_gradient(damped, g, cfg.cg_iters, cfg.cg_tol)  # (C, D)
-        Fx = fisher(x).detach()  # (C, D)
-        quad = (x * Fx).sum(-1)  # x^T F x, undamped (C,)
-        g_norm = g.norm(dim=-1)
-        cg_res = (Fx + lam * x - g).norm(dim=-1) / torch.where(g_norm > 0, g_norm, 1.0)
-        # 4. full step s = beta x with 1/2 s^T F s = delta: beta = sqrt(2 delta / x^T F x)
-        pos = quad > 0
-        beta = torch.where(pos, (2.0 * delta / torch.where(pos, quad, 1.0)).sqrt(), 0.0)
+        ns = tr.natural_step(surrogate_fn, kl_fn, params, C, delta, lam, cfg.cg_iters, cfg.cg_tol)
+        g, x, quad, beta, g_norm, cg_res = (
+            ns.g,
+            ns.x,
+            ns.quad,
+            ns.beta,
+            ns.grad_norm,
+            ns.cg_residual,
+        )
         gx = (g * x).sum(-1)  # g.x: first-order surrogate gain per unit of beta
         ok = torch.isfinite(g).all(-1) & torch.isfinite(x).all(-1)
         ok &= torch.isfinite(quad) & torch.isfinite(beta)
         diverge(ok, step, "non-finite gradient, CG solution or step size")
         full = torch.where(alive.unsqueeze(-1), beta.unsqueeze(-1) * x, 0.0).detach()  # (C, D)
-        steps = unflatten(full, params)
 
         # 5. backtracking line search over fractions b^k, all configurations per fraction:
         #    accept the first k with KLbar(theta_old + b^k s) <= delta and L gain > 0
         with torch.no_grad():
             L_old = surrogate(old_table, *batch)  # (C,) = mean A
-            accepted = torch.zeros(C, dtype=torch.bool, device=device)
-            frac_acc = torch.zeros(C, dtype=dt, device=device)
-            kl_acc = torch.zeros(C, dtype=dt, device=device)
-            gain_acc = torch.zeros(C, dtype=dt, device=device)
-            backtracks = torch.full((C,), float(cfg.backtrack_iters), dtype=dt, device=device)
-            for k in range(cfg.backtrack_iters):
-                pending = alive & ~accepted
-                if not bool(pending.any()):
-                    break
-                frac = cfg.backtrack_coef**k
-                for p, o, s in zip(params, old_params, steps, strict=True):
-                    p.copy_(o + frac * s)
+
+            def evaluate(
+                w: Tensor = w,
+                batch: tuple[Tensor, ...] = batch,
+                old_table: Tensor = old_table,
+                L_old: Tensor = L_old,
+            ) -> tuple[Tensor, Tensor]:
                 table = policy.log_probs()
-                kl = mean_kl(table, old_table, w)  # (C,)
-                gain = surrogate(table, *batch) - L_old  # (C,)
-                good = pending & torch.isfinite(kl) & (kl <= delta) & (gain > 0)
-                accepted |= good
-                frac_acc = torch.where(good, frac, frac_acc)
-                kl_acc = torch.where(good, kl, kl_acc)
-                gain_acc = torch.where(good, gain, gain_acc)
-                backtracks = torch.where(good, float(k), backtracks)
-            for p, o, s in zip(params, old_params, steps, strict=True):
-                p.copy_(torch.where(per_config(accepted, p), o + per_config(frac_acc, p) * s, o))
+                return mean_kl(table, old_table, w), surrogate(table, *batch) - L_old
+
+            ls = tr.line_search(
+                params, tr.flatten(old_params, C), full, evaluate, delta,
+                cfg.backtrack_coef, cfg.backtrack_iters, alive,
+            )  # fmt: skip
+            accepted, frac_acc, kl_acc, gain_acc = ls.accepted, ls.frac, ls.kl, ls.gain
+            backtracks = ls.backtracks
             finite_p = torch.ones(C, dtype=torch.bool, device=device)
             for p in params:
                 finite_p &= torch.isfinite(p).reshape(C, -1).all(-1)

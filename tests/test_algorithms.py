@@ -147,3 +147,20 @@ def test_batch_equals_alone_deterministic_and_finite(name, tmp_path):
             for k in t0
             if t0[k].shape == t1[k].shape
         )
+
+
+def test_named_seed_streams_keep_their_values():
+    """grpo_lab.seeding names every random stream; the values are those the code used before the
+    names existed (stored runs reproduce), unique within a family."""
+    from grpo_lab import seeding
+
+    tabular = {seeding.SAMPLING, seeding.MINIBATCH, seeding.PPO_CRITIC_INIT}
+    assert tabular == {0, 1, 2}
+    assert (seeding.GRADIENT_SAMPLES, seeding.GRADIENT_POINT) == (2, 3)
+    classic = [seeding.CLASSIC_ROLLOUT, seeding.CLASSIC_GROUP_RESET, seeding.CLASSIC_EVAL_RESET,
+               seeding.MLP_INIT, seeding.CLASSIC_PPO_EPOCH]  # fmt: skip
+    assert classic == [0, 1, 5, 7, 100] and len(set(classic)) == len(classic)
+    assert (seeding.LM_PROMPTS, seeding.LM_SHARDS, seeding.LM_SFT) == (0, 10, 99)
+    assert set(seeding.STREAMS.values()) >= {0, 1, 2, 3, 5, 7, 10, 99, 100}
+    # derive_seed is SplitMix64 chained over (seed, index, stream): a hand-checked value
+    assert seeding._splitmix64(0) == 0xE220A8397B1DCDAF

@@ -34,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.flop_counter import FlopCounterMode
 
+from grpo_lab import seeding
 from grpo_lab.advantages import gae
 from grpo_lab.algorithms.common import (
     RunRecord,
@@ -211,7 +212,7 @@ def evaluate(
     ``obs_norm``: the training run's observation statistics, applied frozen (not updated)."""
     C = len(seeds)
     env = make_classic(env_id, C * episodes, backend=backend, autoreset=False, dtype=dtype)
-    obs = env.reset(seed=_env_seeds(seeds, episodes, 5))
+    obs = env.reset(seed=_env_seeds(seeds, episodes, seeding.CLASSIC_EVAL_RESET))
     ret = torch.zeros(C * episodes, dtype=torch.float64)
     done = torch.zeros(C * episodes, dtype=torch.bool)
     for _ in range(env.max_episode_steps):
@@ -527,7 +528,7 @@ def train_classic_ppo(
     num_updates = max(1, cfg.total_timesteps // (E * T))
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool)
-    obs = venv.reset(seed=_env_seeds(seeds, E, 0)).reshape(C, E, D)
+    obs = venv.reset(seed=_env_seeds(seeds, E, seeding.CLASSIC_ROLLOUT)).reshape(C, E, D)
     obs_norm = ObsNorm(C, D) if cfg.normalize_obs else None
     steps_done = 0
     for u in range(num_updates):
@@ -538,7 +539,8 @@ def train_classic_ppo(
         # 1-2. rollout and GAE
         t0 = time.perf_counter()
         roll, obs = rollout(
-            actor, critic, venv, obs, iteration_generators(seeds, u, 0), T, cfg.gamma,
+            actor, critic, venv, obs,
+            iteration_generators(seeds, u, seeding.CLASSIC_ROLLOUT), T, cfg.gamma,
             cfg.gae_lambda, obs_norm,
         )  # fmt: skip
         t_roll = time.perf_counter() - t0
@@ -550,7 +552,8 @@ def train_classic_ppo(
             order_gens = None
             if cfg.num_minibatches > 1:
                 order_gens = [
-                    iteration_generators(seeds, u, 100 + e) for e in range(cfg.update_epochs)
+                    iteration_generators(seeds, u, seeding.CLASSIC_PPO_EPOCH + e)
+                    for e in range(cfg.update_epochs)
                 ]
             st = ppo_update(actor, critic, opt, roll, clip, cfg, order_gens)
             extra = {"lr": lr_now, "clip_coef": clip.reshape(C), "iteration": torch.full((C,), u)}

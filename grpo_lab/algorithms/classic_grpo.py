@@ -60,6 +60,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from grpo_lab import seeding
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.classic import (
     _check_env,
@@ -210,7 +211,9 @@ class GroupBatch:
 def group_seeds(seed: int, iteration: int, num_groups: int, group_size: int) -> list[int]:
     """Reset seeds of one configuration's N = num_groups x G environments at ``iteration``: one
     seed per group (from ``derive_seed(seed, iteration, 1)``), repeated G times."""
-    per_group = _env_seeds([derive_seed(seed, iteration, 1)], num_groups, 0)  # (num_groups,)
+    per_group = _env_seeds(
+        [derive_seed(seed, iteration, seeding.CLASSIC_GROUP_RESET)], num_groups, 0
+    )  # (num_groups,)
     return [s for s in per_group for _ in range(group_size)]
 
 
@@ -383,7 +386,7 @@ class ClassicGRPOTrainer:
         env-step budget, each configuration stops where its budget runs out (``sample_groups``)."""
         cfg = self.cfg
         seeds = [s for c in self.seeds for s in group_seeds(c, it, cfg.num_groups, cfg.group_size)]
-        gens = iteration_generators(self.seeds, it, stream=0)
+        gens = iteration_generators(self.seeds, it, stream=seeding.CLASSIC_ROLLOUT)
         left = None
         if cfg.total_timesteps is not None:
             left = torch.where(self.active, self.budget - self.env_steps, 0.0)  # (C,)
@@ -411,7 +414,7 @@ class ClassicGRPOTrainer:
             if self.ref is not None:
                 ref_logp = _logp(self.ref, batch.obs, batch.actions)
             n_mb = cfg.num_groups // cfg.minibatches
-            perm_gens = iteration_generators(self.seeds, it, stream=2)
+            perm_gens = iteration_generators(self.seeds, it, stream=seeding.CLASSIC_GRPO_MINIBATCH)
             for _epoch in range(cfg.epochs if bool(updating.any()) else 0):
                 perm = group_permutations(perm_gens, cfg.num_groups)  # (C, num_groups)
                 for m in range(cfg.minibatches):

@@ -59,6 +59,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grpo_lab import seeding
 from grpo_lab import trust_region as tr
 from grpo_lab.algorithms.classic import (
     ObsNorm,
@@ -352,13 +353,14 @@ def train_classic_trpo(
     num_updates = max(1, cfg.total_timesteps // (E * T))
     rec = RunRecord(status=["ok"] * C, diverged_at=[None] * C, error=[None] * C)
     alive = torch.ones(C, dtype=torch.bool)
-    obs = venv.reset(seed=_env_seeds(seeds, E, 0)).reshape(C, E, Do)
+    obs = venv.reset(seed=_env_seeds(seeds, E, seeding.CLASSIC_ROLLOUT)).reshape(C, E, Do)
     obs_norm = ObsNorm(C, Do) if cfg.normalize_obs else None
     steps_done = 0
     for u in range(num_updates):
         t0 = time.perf_counter()
         roll, obs = rollout(
-            actor, critic, venv, obs, iteration_generators(seeds, u, 0), T, cfg.gamma,
+            actor, critic, venv, obs,
+            iteration_generators(seeds, u, seeding.CLASSIC_ROLLOUT), T, cfg.gamma,
             cfg.gae_lambda, obs_norm,
         )  # fmt: skip
         t_roll = time.perf_counter() - t0
@@ -382,7 +384,12 @@ def train_classic_trpo(
             )  # fmt: skip
             metrics = _step_metrics(actor, batch, ls) | nat
             v_loss = _fit_critic(
-                critic, opt, roll.obs, roll.returns, iteration_generators(seeds, u, 2), cfg
+                critic,
+                opt,
+                roll.obs,
+                roll.returns,
+                iteration_generators(seeds, u, seeding.CLASSIC_CRITIC_BATCHES),
+                cfg,
             )
             newly = alive & ~torch.isfinite(v_loss)
             if bool(newly.any()):

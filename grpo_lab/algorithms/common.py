@@ -1,5 +1,6 @@
-"""Pieces shared by the tabular algorithms: per-config random streams, gathering log-probs of
-the actions taken from a policy table, and the run record with its divergence bookkeeping."""
+"""Pieces shared by the tabular algorithms: per-config random streams (from ``grpo_lab.seeding``),
+gathering log-probs of the actions taken from a policy table, and the run record with its
+divergence bookkeeping."""
 
 from __future__ import annotations
 
@@ -9,43 +10,11 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel
 
+from grpo_lab.seeding import derive_seed, iteration_generators
+
 Tensor = torch.Tensor
 
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    """One step of SplitMix64 (Steele, Lea & Flood 2014): a bijective 64-bit mixer."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def derive_seed(seed: int, iteration: int, stream: int = 0) -> int:
-    """A 63-bit seed mixed from (seed, iteration, stream) by chained SplitMix64 steps: distinct
-    inputs give unrelated generator seeds (no overlap between seed s at iteration i+1 and seed
-    s+1 at iteration i, as a plain sum would give)."""
-    x = _splitmix64(int(seed) & _MASK64)
-    x = _splitmix64(x ^ (int(iteration) & _MASK64))
-    x = _splitmix64(x ^ (int(stream) & _MASK64))
-    return x >> 1
-
-
-def iteration_generators(
-    seeds: list[int], iteration: int, stream: int = 0, device: str = "cpu"
-) -> list[torch.Generator]:
-    """One generator per configuration for one iteration, seeded with
-    ``derive_seed(seed_c, iteration, stream)`` (stream 0: sampling, 1: minibatch order, ...).
-
-    A configuration's random numbers then depend on its own seed and the iteration only, not on the
-    other configurations of a batch nor on how many numbers earlier iterations drew: a batched run
-    and C one-config runs sample identical episodes.
-    """
-    return [
-        torch.Generator(device=device).manual_seed(derive_seed(s, iteration, stream)) for s in seeds
-    ]
+__all__ = ["derive_seed", "iteration_generators"]
 
 
 def _dotted(d: dict, prefix: str = "") -> dict[str, object]:

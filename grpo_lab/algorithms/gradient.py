@@ -43,6 +43,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grpo_lab import seeding
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.common import RunRecord, derive_seed, gather_logp
 from grpo_lab.algorithms.grpo import grpo_loss
@@ -54,7 +55,7 @@ Tensor = torch.Tensor
 
 Correction = Literal["none", "token", "sequence", "ratio"]
 BATCHABLE: tuple[str, ...] = ()  # each configuration is its own batched program over N batches
-_SAMPLE_STREAM, _POINT_STREAM = 2, 3  # derive_seed streams (0, 1 belong to the trainers)
+_SAMPLE_STREAM, _POINT_STREAM = seeding.GRADIENT_SAMPLES, seeding.GRADIENT_POINT
 
 
 class GradientConfig(BaseModel):

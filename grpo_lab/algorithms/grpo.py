@@ -73,6 +73,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grpo_lab import seeding
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.common import (
     RunRecord,
@@ -394,8 +395,12 @@ class GRPOTrainer:
         cfg, lc, mdp, C, rec = self.cfg, self.loss_cfg, self.mdp, self.C, self.rec
         G, n_groups = cfg.group_size, cfg.num_groups
         groups_per_mb = n_groups // cfg.minibatches
-        gens = iteration_generators(self.seeds, it, stream=0)  # sampling
-        perm_gens = iteration_generators(self.seeds, it, stream=1) if cfg.minibatches > 1 else []
+        gens = iteration_generators(self.seeds, it, stream=seeding.SAMPLING)
+        perm_gens = (
+            iteration_generators(self.seeds, it, stream=seeding.MINIBATCH)
+            if cfg.minibatches > 1
+            else []
+        )
         # 1. sample with pi_old
         old_table = self.table().detach()  # (C, S, A)
         probs_old = old_table.exp()

@@ -78,6 +78,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grpo_lab import seeding
 from grpo_lab.advantages import group_advantages
 from grpo_lab.algorithms.common import RunRecord, derive_seed
 from grpo_lab.envs.lm_tasks import (
@@ -105,7 +106,7 @@ Tensor = torch.Tensor
 BATCHABLE: tuple[str, ...] = ()  # one model per run
 SCHEDULES = ("constant", "linear", "cosine")
 TOKENIZER_FILE = "tokenizer.json"  # saved beside a checkpoint's weights
-_PROMPT_STREAM, _SHARD_STREAM = 0, 10  # derive_seed streams (shard s uses _SHARD_STREAM + s)
+_PROMPT_STREAM, _SHARD_STREAM = seeding.LM_PROMPTS, seeding.LM_SHARDS  # shard s: LM_SHARDS + s
 
 
 class LMGRPOConfig(BaseModel):
@@ -253,7 +254,7 @@ def supervised_warm_start(
         return []
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(derive_seed(seed, 0, 99))
+    g = torch.Generator().manual_seed(derive_seed(seed, 0, seeding.LM_SFT))
     model.train()
     losses = []
     for _ in range(steps):

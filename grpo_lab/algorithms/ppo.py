@@ -67,6 +67,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from grpo_lab import seeding
 from grpo_lab.advantages import masked_gae
 from grpo_lab.algorithms.common import (
     RunRecord,
@@ -103,7 +104,7 @@ Tensor = torch.Tensor
 BATCHABLE = ("lr", "seed", "loss.eps_low", "loss.eps_high", "loss.vf_coef")
 ADV_NORM_EPS = 1e-8  # CleanRL's (A - mean) / (std + 1e-8)
 CLIP_NORM_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s max_norm / (norm + 1e-6)
-CRITIC_INIT_STREAM = 2  # seed stream of the MLP critic's initial weights
+CRITIC_INIT_STREAM = seeding.PPO_CRITIC_INIT  # seed stream of the MLP critic's initial weights
 
 
 # ----------------------------------------------------------------------------- critics
@@ -455,8 +456,8 @@ def train_ppo(
     per_mb = N // cfg.minibatches
     step = 0
     for it in range(cfg.iterations):
-        gens = iteration_generators(seeds, it, stream=0)  # sampling
-        perm_gens = iteration_generators(seeds, it, stream=1)  # minibatch order
+        gens = iteration_generators(seeds, it, stream=seeding.SAMPLING)
+        perm_gens = iteration_generators(seeds, it, stream=seeding.MINIBATCH)
         # 1. sample with pi_old
         old_table = policy.log_probs().detach()  # (C, S, A)
         probs_old = old_table.exp()

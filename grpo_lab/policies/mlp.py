@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from grpo_lab import seeding
 from grpo_lab.policies._kernels import NARROW, linear, tanh, tanh_
 
 Tensor = torch.Tensor
@@ -45,8 +46,6 @@ class BatchedMLP(torch.nn.Module):
         dtype: torch.dtype,
         fast: bool = True,
     ) -> None:
-        from grpo_lab.algorithms.common import derive_seed  # here: algorithms/ imports this module
-
         super().__init__()
         C = len(seeds)
         self.weights = torch.nn.ParameterList()
@@ -55,7 +54,7 @@ class BatchedMLP(torch.nn.Module):
             gain = out_gain if i == len(sizes) - 2 else math.sqrt(2.0)
             w = torch.empty(C, n_out, n_in, dtype=torch.float64)
             for c, s in enumerate(seeds):
-                g = torch.Generator().manual_seed(derive_seed(s, i, 7))
+                g = torch.Generator().manual_seed(seeding.derive_seed(s, i, seeding.MLP_INIT))
                 torch.nn.init.orthogonal_(w[c], gain=gain, generator=g)
             self.weights.append(torch.nn.Parameter(w.transpose(1, 2).contiguous().to(dtype)))
             self.biases.append(torch.nn.Parameter(torch.zeros(C, 1, n_out, dtype=dtype)))

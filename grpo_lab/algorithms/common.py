@@ -4,7 +4,7 @@ divergence bookkeeping."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -101,3 +101,41 @@ class RunRecord:
             self.status[c] = "diverged"
             self.diverged_at[c] = step
             self.error[c] = reason
+
+
+def guarded_step(
+    loss: Tensor,
+    params: Sequence[Tensor],
+    opt: torch.optim.Optimizer,
+    alive: Tensor,
+    rec: RunRecord,
+    step: int,
+    before_step: Callable[[], None] | None = None,
+) -> Tensor:
+    """One optimiser step of C independent configurations, guarded: a configuration whose loss or
+    updated parameters are non-finite is marked diverged at ``step`` (``rec``) and keeps its
+    parameters from before the step; the others step as usual. ``before_step`` runs between
+    backward and the step (e.g. per-configuration gradient clipping).
+
+    The configurations are independent, so the gradient of loss.sum() is each one's own.
+    Shapes: loss (C,); params each (C, ...); alive (C,) bool, updated in place and returned.
+    """
+    C = alive.shape[0]
+    backup = [p.detach().clone() for p in params]
+    opt.zero_grad()
+    loss.sum().backward()
+    if before_step is not None:
+        before_step()
+    opt.step()
+    ok = torch.isfinite(loss.detach())
+    for p in params:
+        ok &= torch.isfinite(p.detach()).reshape(C, -1).all(-1)
+    newly = alive & ~ok
+    if bool(newly.any()):
+        rec.mark_diverged(newly, step, "non-finite loss or parameters")
+        alive &= ok
+    with torch.no_grad():
+        for p, b in zip(params, backup, strict=True):
+            keep = alive.reshape(-1, *([1] * (p.dim() - 1)))
+            p.copy_(torch.where(keep, p, b))
+    return alive

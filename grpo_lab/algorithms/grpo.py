@@ -80,6 +80,7 @@ from grpo_lab.algorithms.common import (
     check_batchable,
     gather_logp,
     group_permutations,
+    guarded_step,
     iteration_generators,
 )
 from grpo_lab.envs.tabular import (
@@ -456,22 +457,8 @@ class GRPOTrainer:
                     groups_per_mb * G,
                     self.ref_table,
                 )
-                backup = [p.detach().clone() for p in params]
-                self.opt.zero_grad()
-                loss.sum().backward()  # configurations are independent: sum = each its own
-                self.opt.step()
                 # a non-finite loss or parameter stops that configuration, not the batch
-                ok = torch.isfinite(loss.detach())
-                for p in params:
-                    ok &= torch.isfinite(p.detach()).reshape(C, -1).all(-1)
-                newly = self.alive & ~ok
-                if bool(newly.any()):
-                    rec.mark_diverged(newly, self.step, "non-finite loss or parameters")
-                    self.alive &= ok
-                with torch.no_grad():
-                    for p, b in zip(params, backup, strict=True):
-                        keep = self.alive.reshape(-1, *([1] * (p.dim() - 1)))
-                        p.copy_(torch.where(keep, p, b))
+                guarded_step(loss, params, self.opt, self.alive, rec, self.step)
                 # 4. instrumentation against pi_old: the minibatch's ratios after the step ...
                 with torch.no_grad():
                     el, eh = self.eps_low.reshape(-1, 1), self.eps_high.reshape(-1, 1)

@@ -74,6 +74,7 @@ from grpo_lab.algorithms.common import (
     check_batchable,
     gather_logp,
     group_permutations,
+    guarded_step,
     iteration_generators,
 )
 from grpo_lab.envs.tabular import (
@@ -521,25 +522,13 @@ def train_ppo(
                     cfg.norm_adv,
                     vf_coef,
                 )
-                backup = [p.detach().clone() for p in params]
-                opt.zero_grad()
-                # configurations are independent: the gradient of the sum is each its own
-                loss.sum().backward()
                 max_norm = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
-                metrics["grad_norm"] = clip_grad_norm_per_config(params, max_norm)
-                opt.step()
+
+                def clip(metrics: dict = metrics, max_norm: float = max_norm) -> None:
+                    metrics["grad_norm"] = clip_grad_norm_per_config(params, max_norm)
+
                 # a non-finite loss or parameter stops that configuration, not the batch
-                ok = torch.isfinite(loss.detach())
-                for p in params:
-                    ok &= torch.isfinite(p.detach()).reshape(C, -1).all(-1)
-                newly = alive & ~ok
-                if bool(newly.any()):
-                    rec.mark_diverged(newly, step, "non-finite loss or parameters")
-                    alive &= ok
-                with torch.no_grad():
-                    for p, b in zip(params, backup, strict=True):
-                        keep = alive.reshape(-1, *([1] * (p.dim() - 1)))
-                        p.copy_(torch.where(keep, p, b))
+                guarded_step(loss, params, opt, alive, rec, step, before_step=clip)
                 # 4. instrumentation against pi_old: the minibatch's ratios under the updated
                 # policy (with the advantages the loss used), then the exact audit
                 with torch.no_grad():

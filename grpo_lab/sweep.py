@@ -251,7 +251,7 @@ def choose_tuned(
     (label -> chosen values, label -> {point: mean score} as text for the evidence)."""
     summary = store.load_results(tune_path, "summary")
     score = str(protocol.verdict.params.get("score", "auto"))
-    s = final_scores(SweepData(steps=None, summary=summary), score)  # type: ignore[arg-type]
+    s = final_scores(SweepData(summary=summary), score)
     chosen: dict[str, dict[str, Any]] = {}
     table: dict[str, Any] = {}
     for algo in protocol.algorithms:

@@ -53,10 +53,10 @@ def signal_checks(data: SweepData, s: pd.DataFrame, axis: str | None) -> None:
                 "ratio 1): nothing was learned, so the conditions cannot differ",
                 {"zero_std_frac_min": 1.0},
             )
-    if axis is not None and ("eps" in axis or "clip" in axis) and len(data.steps):
-        st = data.steps
-        cols = [c for c in ("clip_frac", "exact_frac_outside") if c in st]
-        if cols and "clip_frac" in st:
+    steps = data.steps
+    if axis is not None and ("eps" in axis or "clip" in axis) and steps is not None and len(steps):
+        st = steps
+        if "clip_frac" in st:
             cf = st["clip_frac"].to_numpy(dtype=float)
             if np.isfinite(cf).any() and np.nanmax(cf) == 0.0:
                 raise NoSignal(

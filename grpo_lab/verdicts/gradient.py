@@ -230,8 +230,10 @@ def _stationary_outcomes(data: SweepData, p: StationaryParams) -> pd.DataFrame:
         plateaued = bool(np.isfinite(drift) and drift < p.plateau_tol)
         stationary = bool(ratio < p.grad_tol)
         optimal = p.gap_tol is None or score >= 1 - p.gap_tol
-        if s.loc[rid, "status"] != "ok" or not plateaued:
-            outcome, reason = "undetermined", "J still moving" if plateaued is False else "failed"
+        if s.loc[rid, "status"] != "ok":
+            outcome, reason = "undetermined", "failed"
+        elif not plateaued:
+            outcome, reason = "undetermined", "J still moving"
         elif stationary and optimal:
             outcome, reason = "local-optimum", ""
         else:
